@@ -1,0 +1,58 @@
+# fleet-limiter developer entry points. `make run` and `make test` are the two set-up commands:
+# both create the virtualenv and install what they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+POLICY ?= examples/production.yaml
+INSTANCES ?= 3
+
+.PHONY: all venv test test-unit test-long lint fmt run plan crds clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fleet-limiter needs Python 3.11+)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing fleet-limiter and its dev dependencies into $(VENV)"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## test: the whole suite (installs what it needs)
+test: $(STAMP)
+	@bash tools/ensure-deps.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-unit: pure tests only (no Redis, no cluster)
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## test-long: the suite plus the slow matrices
+test-long: $(STAMP)
+	@bash tools/ensure-deps.sh
+	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
+
+## lint: ruff and mypy (strict on limiter/)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check limiter operator tests
+	$(VENV)/bin/ruff format --check limiter operator tests
+	$(VENV)/bin/mypy limiter
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format limiter operator tests
+	$(VENV)/bin/ruff check --fix limiter operator tests
+
+## run: the main job on a local default (see README)
+run: $(STAMP)
+	$(VENV)/bin/fleet-limiter plan --policy $(POLICY) --instances $(INSTANCES)
+
+## plan: print the allocation of POLICY for INSTANCES instances
+plan: $(STAMP)
+	$(VENV)/bin/fleet-limiter plan --policy $(POLICY) --instances $(INSTANCES)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
