@@ -56,3 +56,6 @@ plan: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# The local Kubernetes control plane (tools/localcluster): cluster-up, cluster-down, test-cluster.
+-include tools/localcluster/cluster.mk
