@@ -3,8 +3,8 @@
 For job type j on model m, with N live instances::
 
     slots[j][m] = min over the limits d that m sets of floor(capacity_d / estimate_{j,d} / N * ratio_j)
-                  with maxConcurrentRequests:           floor(maxConcurrentRequests / N * ratio_j)
-                  and the local memory bound:           floor(memoryBudgetKB * ratio_j / estimate_{j,memoryKB})
+                  with maxConcurrentRequests:    floor(maxConcurrentRequests / N * ratio_j)
+                  and the local memory bound:    floor(memoryBudgetKB * ratio_j / estimate_{j,memoryKB})
 
 Every floor is taken over :class:`fractions.Fraction`, never a float: ``floor(100 * 0.29)`` is 29.
 """
@@ -68,7 +68,10 @@ class Allocation:
                 },
             },
             "slotsByJobTypeAndModel": {
-                j: {m: {"slots": s.slots, **_shares_json(s.shares, SHARE_FIELDS)} for m, s in per_model.items()}
+                j: {
+                    m: {"slots": s.slots, **_shares_json(s.shares, SHARE_FIELDS)}
+                    for m, s in per_model.items()
+                }
                 for j, per_model in self.slots.items()
             },
         }
@@ -82,7 +85,9 @@ def json_number(value: Fraction | int | None) -> int | float | None:
     return value.numerator if value.denominator == 1 else float(value)
 
 
-def _shares_json(shares: dict[str, Fraction | None], fields: tuple[str, ...]) -> dict[str, int | float | None]:
+def _shares_json(
+    shares: dict[str, Fraction | None], fields: tuple[str, ...]
+) -> dict[str, int | float | None]:
     return {f: json_number(shares.get(f)) for f in fields}
 
 
@@ -109,7 +114,10 @@ def job_slots(
             candidates.append((math.floor(Fraction(limits[limit], estimate * instances) * ratio), limit))
     if "maxConcurrentRequests" in limits:
         candidates.append(
-            (math.floor(Fraction(limits["maxConcurrentRequests"], instances) * ratio), "maxConcurrentRequests")
+            (
+                math.floor(Fraction(limits["maxConcurrentRequests"], instances) * ratio),
+                "maxConcurrentRequests",
+            )
         )
     if memory_budget_kb is not None and job.estimate.memory_kb > 0:
         candidates.append((math.floor(memory_budget_kb * ratio / job.estimate.memory_kb), MEMORY))
@@ -175,7 +183,9 @@ def pool_params(spec: PolicySpec) -> dict[str, list[tuple[int, int]]]:
             for limit, (field, _) in WINDOW_LIMITS.items():
                 if limit in limits:
                     # capacity / (sum / k) = capacity * k / sum
-                    per_job = Fraction(limits[limit] * len(users), sum(getattr(j.estimate, field) for j in users))
+                    per_job = Fraction(
+                        limits[limit] * len(users), sum(getattr(j.estimate, field) for j in users)
+                    )
                     pairs.append((per_job.numerator, per_job.denominator))
             if "maxConcurrentRequests" in limits:
                 pairs.append((limits["maxConcurrentRequests"], 1))

@@ -181,9 +181,9 @@ class BudgetLedger:
         if window == c.window:
             c.capacity += amount
 
-    def take_surplus(self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None) -> list[
-        tuple[str, str, int, int]
-    ]:
+    def take_surplus(
+        self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None
+    ) -> list[tuple[str, str, int, int]]:
         """Grant held but not used, to hand back to the fleet: (model, limit, window, amount) rows.
 
         ``keep`` (model -> limit -> amount) is headroom to hold on to for work already waiting.

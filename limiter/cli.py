@@ -59,7 +59,9 @@ def _load(path: Path) -> PolicySpec:
 
 @app.command()
 def plan(
-    policy: Annotated[Path, typer.Option("--policy", help="Policy file: a RateLimitPolicy manifest or its spec.")],
+    policy: Annotated[
+        Path, typer.Option("--policy", help="Policy file: a RateLimitPolicy manifest or its spec.")
+    ],
     instances: Annotated[int, typer.Option("--instances", help="Live instances sharing the limits.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print GET /api/debug/allocation's shape.")] = False,
 ) -> None:

@@ -166,7 +166,11 @@ class JobTypeManager:
                 raise AdmissionError(
                     f"models: job type '{job_type}' may not use model '{m}'; allowed: {', '.join(allowed)}"
                 )
-        est = {"tokens": jt.estimate.tokens, "requests": jt.estimate.requests, "memoryKB": jt.estimate.memory_kb}
+        est = {
+            "tokens": jt.estimate.tokens,
+            "requests": jt.estimate.requests,
+            "memoryKB": jt.estimate.memory_kb,
+        }
         for k, v in (estimate or {}).items():
             if k not in est:
                 raise AdmissionError(f"estimate.{k}: unknown field; valid fields: tokens, requests, memoryKB")
@@ -282,15 +286,22 @@ class JobTypeManager:
         mem = t.estimate.get("memoryKB", 0)
         if self.memory_budget_kb is not None and self.memory_in_use_kb + mem > self.memory_budget_kb:
             return None
+        flexible = t.job_type in self.flexible
         for m in t.models:
             own = self.in_flight[(t.job_type, m)] < self.slots.get((t.job_type, m), 0)
-            borrow = not own and t.job_type in self.flexible and self._lendable(t.job_type, m, waiting_on) > 0
+            if flexible and self._flexible_free(m) <= 0:
+                continue  # its own slot is lent out: it comes back when the borrowed job ends
+            borrow = not own and flexible and self._lendable(t.job_type, m, waiting_on) > 0
             if not (own or borrow):
                 continue
             reservation = self._reserve(t, m)
             if reservation is not None:
                 return m, borrow, reservation
         return None
+
+    def _flexible_free(self, model: str) -> int:
+        """Flexible slots on ``model`` that nobody holds (negative after the pool shrank)."""
+        return sum(self.slots.get((k, model), 0) - self.in_flight[(k, model)] for k in self.flexible)
 
     def _lendable(self, job_type: str, model: str, waiting_on: Counter[tuple[str, str]]) -> int:
         """Flexible slots on ``model`` free for a borrower, after owners with waiting work."""

@@ -115,7 +115,8 @@ class Estimate(_Model):
     """What one job of this type is expected to use; the reservation made when it starts."""
 
     tokens: int = Field(default=0, ge=0)
-    """Tokens one job uses (prompt plus completion). Default 0; must be positive where a model limits tokens."""
+    """Tokens one job uses (prompt plus completion). Default 0; must be positive where a model
+    limits tokens."""
     requests: int = Field(default=1, ge=0)
     """Requests one job makes. Default 1."""
     memory_kb: int = Field(default=0, ge=0, alias="memoryKB")
@@ -255,7 +256,8 @@ class PolicySpec(_Model):
         if total != 1:
             ratios = " + ".join(f"{j.ratio:g}" for j in self.job_types)
             problems.append(
-                f"spec.jobTypes[*].ratio: ratios sum to {float(total):g} ({ratios}); they must sum to exactly 1"
+                f"spec.jobTypes[*].ratio: ratios sum to {float(total):g} ({ratios}); "
+                "they must sum to exactly 1"
             )
 
         known = set(model_names)
@@ -337,7 +339,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "spec") -> list[
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
         path = path.removeprefix(".") or "policy"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown field; remove it (check the spelling against the policy reference)")
+            lines.append(
+                f"{path}: unknown field; remove it (check the spelling against the policy reference)"
+            )
         elif err["type"] == "missing":
             lines.append(f"{path}: required field is missing")
         else:

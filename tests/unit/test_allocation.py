@@ -156,8 +156,11 @@ def test_memory_bound_is_local_and_never_divided(n: int) -> None:
 
 
 def test_memory_bound_only_binds_when_smaller() -> None:
-    spec = make_spec(TPM, [{**j, "estimate": {**j["estimate"], "memoryKB": 1}} for j in TPM_JOBS],
-                     instance={"memoryBudgetMB": 1024})
+    spec = make_spec(
+        TPM,
+        [{**j, "estimate": {**j["estimate"], "memoryKB": 1}} for j in TPM_JOBS],
+        instance={"memoryBudgetMB": 1024},
+    )
     assert compute_allocation(spec, 2).slots_of("A", "model-alpha") == 3
 
 
@@ -169,10 +172,13 @@ def test_no_memory_budget_means_no_memory_bound_in_plan() -> None:
 
 
 def test_job_type_model_list_limits_its_entries() -> None:
-    spec = make_spec(MULTI, [
-        {"name": "A", "ratio": 0.5, "estimate": {"tokens": 10_000}, "models": ["model-concurrent"]},
-        {"name": "B", "ratio": 0.5, "estimate": {"tokens": 10_000}},
-    ])
+    spec = make_spec(
+        MULTI,
+        [
+            {"name": "A", "ratio": 0.5, "estimate": {"tokens": 10_000}, "models": ["model-concurrent"]},
+            {"name": "B", "ratio": 0.5, "estimate": {"tokens": 10_000}},
+        ],
+    )
     alloc = compute_allocation(spec, 1)
     assert list(alloc.slots["A"]) == ["model-concurrent"]
     assert list(alloc.slots["B"]) == ["model-tpm", "model-concurrent"]
@@ -186,7 +192,13 @@ def test_instances_must_be_positive() -> None:
 
 # -- properties ---------------------------------------------------------------------------------
 
-LIMIT_KEYS = ["tokensPerMinute", "requestsPerMinute", "tokensPerDay", "requestsPerDay", "maxConcurrentRequests"]
+LIMIT_KEYS = [
+    "tokensPerMinute",
+    "requestsPerMinute",
+    "tokensPerDay",
+    "requestsPerDay",
+    "maxConcurrentRequests",
+]
 
 
 @st.composite
@@ -203,12 +215,14 @@ def policies(draw: st.DrawFn) -> dict:
     ratios.append(1 - sum(ratios))
     jobs = []
     for i, r in enumerate(ratios):
-        jobs.append({
-            "name": f"j{i}",
-            "ratio": float(r),
-            "flexible": draw(st.booleans()),
-            "estimate": {"tokens": draw(st.integers(1, 50_000)), "requests": draw(st.integers(1, 10))},
-        })
+        jobs.append(
+            {
+                "name": f"j{i}",
+                "ratio": float(r),
+                "flexible": draw(st.booleans()),
+                "estimate": {"tokens": draw(st.integers(1, 50_000)), "requests": draw(st.integers(1, 10))},
+            }
+        )
     return {"models": [{"name": "m", "limits": limits}], "jobTypes": jobs}
 
 
@@ -219,8 +233,10 @@ def test_summed_over_instances_slots_never_exceed_the_model(policy: dict, n: int
     alloc = compute_allocation(spec, n)
     limits = policy["models"][0]["limits"]
     for name, (field, _) in {
-        "tokensPerMinute": ("tokens", 0), "requestsPerMinute": ("requests", 0),
-        "tokensPerDay": ("tokens", 0), "requestsPerDay": ("requests", 0),
+        "tokensPerMinute": ("tokens", 0),
+        "requestsPerMinute": ("requests", 0),
+        "tokensPerDay": ("tokens", 0),
+        "requestsPerDay": ("requests", 0),
     }.items():
         if name in limits:
             used = sum(alloc.slots_of(j.name, "m") * getattr(j.estimate, field) for j in spec.job_types)

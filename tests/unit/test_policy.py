@@ -18,7 +18,13 @@ BASE: dict[str, Any] = {
     ],
     "jobTypes": [
         {"name": "summary", "ratio": 0.6, "estimate": {"tokens": 10_000, "requests": 1}},
-        {"name": "fill", "ratio": 0.4, "flexible": False, "estimate": {"tokens": 2_000}, "models": ["beta", "alpha"]},
+        {
+            "name": "fill",
+            "ratio": 0.4,
+            "flexible": False,
+            "estimate": {"tokens": 2_000},
+            "models": ["beta", "alpha"],
+        },
     ],
 }
 
@@ -58,58 +64,119 @@ def test_base_is_valid_and_defaults_are_documented_ones() -> None:
 
 
 RULES = [
-    ("unknown model in models", with_change("jobTypes.1.models", ["beta", "gamma"]),
-     "spec.jobTypes[1].models[1]: unknown model 'gamma' in job type 'fill'; known models: alpha, beta"),
-    ("duplicate model", with_change("models.1.name", "alpha"),
-     "spec.models[1].name: duplicate name 'alpha'; names must be unique"),
-    ("duplicate job type", with_change("jobTypes.1.name", "summary"),
-     "spec.jobTypes[1].name: duplicate name 'summary'; names must be unique"),
-    ("duplicate model in a job type's list", with_change("jobTypes.1.models", ["beta", "beta"]),
-     "spec.jobTypes[1].models[1].name: duplicate name 'beta'"),
-    ("ratio zero", with_change("jobTypes.0.ratio", 0),
-     "spec.jobTypes[0].ratio: 0 is not valid: a ratio must be greater than 0 and at most 1"),
-    ("ratio above one", with_change("jobTypes.0.ratio", 1.2),
-     "spec.jobTypes[0].ratio: 1.2 is not valid: a ratio must be greater than 0 and at most 1"),
-    ("ratio negative", with_change("jobTypes.0.ratio", -0.5),
-     "spec.jobTypes[0].ratio: -0.5 is not valid: a ratio must be greater than 0 and at most 1"),
-    ("ratios not summing to 1", with_change("jobTypes.1.ratio", 0.3),
-     "spec.jobTypes[*].ratio: ratios sum to 0.9 (0.6 + 0.3); they must sum to exactly 1"),
-    ("ratios above 1", with_change("jobTypes.1.ratio", 0.5),
-     "ratios sum to 1.1 (0.6 + 0.5)"),
-    ("model with no limit", with_change("models.1.limits", {}),
-     "spec.models[1].limits: model 'beta' sets no limit; set at least one of tokensPerMinute"),
-    ("limited dimension without estimate", with_change("jobTypes.1.estimate", {"requests": 1}),
-     "spec.jobTypes[1].estimate.tokens: job type 'fill' estimates 0 tokens but may use model 'alpha', "
-     "which limits tokensPerMinute; set a positive estimate.tokens"),
-    ("requests estimate zero on RPM model", with_change("jobTypes.0.estimate.requests", 0),
-     "spec.jobTypes[0].estimate.requests: job type 'summary' estimates 0 requests but may use model 'alpha', "
-     "which limits requestsPerMinute"),
-    ("negative limit", with_change("models.0.limits.tokensPerMinute", -5),
-     "spec.models[0].limits.tokensPerMinute: -5 is not valid: input should be greater than or equal to 1"),
-    ("negative estimate", with_change("jobTypes.0.estimate.tokens", -1),
-     "spec.jobTypes[0].estimate.tokens: -1 is not valid: input should be greater than or equal to 0"),
-    ("negative memory", with_change("jobTypes.0.estimate.memoryKB", -1),
-     "spec.jobTypes[0].estimate.memoryKB: -1 is not valid"),
-    ("negative queue", with_change("jobTypes.0.queue", {"maxWaiting": -1}),
-     "spec.jobTypes[0].queue.maxWaiting: -1 is not valid"),
-    ("negative replicas", {**BASE, "fleet": {"replicas": -1}},
-     "spec.fleet.replicas: -1 is not valid"),
-    ("unknown field in a job type", with_change("jobTypes.0.ratoi", 0.6),
-     "spec.jobTypes[0].ratoi: unknown field"),
-    ("unknown top-level field", {**BASE, "modles": []},
-     "spec.modles: unknown field"),
-    ("unknown limit", with_change("models.0.limits.tokensPerHour", 5),
-     "spec.models[0].limits.tokensPerHour: unknown field"),
-    ("wrong type", with_change("models.0.limits.tokensPerMinute", "lots"),
-     "spec.models[0].limits.tokensPerMinute: \"lots\" is not valid: input should be a valid integer"),
-    ("unknown default job type", {**BASE, "defaultJobType": "nope"},
-     "spec.defaultJobType: unknown job type 'nope'; known job types: summary, fill"),
+    (
+        "unknown model in models",
+        with_change("jobTypes.1.models", ["beta", "gamma"]),
+        "spec.jobTypes[1].models[1]: unknown model 'gamma' in job type 'fill'; known models: alpha, beta",
+    ),
+    (
+        "duplicate model",
+        with_change("models.1.name", "alpha"),
+        "spec.models[1].name: duplicate name 'alpha'; names must be unique",
+    ),
+    (
+        "duplicate job type",
+        with_change("jobTypes.1.name", "summary"),
+        "spec.jobTypes[1].name: duplicate name 'summary'; names must be unique",
+    ),
+    (
+        "duplicate model in a job type's list",
+        with_change("jobTypes.1.models", ["beta", "beta"]),
+        "spec.jobTypes[1].models[1].name: duplicate name 'beta'",
+    ),
+    (
+        "ratio zero",
+        with_change("jobTypes.0.ratio", 0),
+        "spec.jobTypes[0].ratio: 0 is not valid: a ratio must be greater than 0 and at most 1",
+    ),
+    (
+        "ratio above one",
+        with_change("jobTypes.0.ratio", 1.2),
+        "spec.jobTypes[0].ratio: 1.2 is not valid: a ratio must be greater than 0 and at most 1",
+    ),
+    (
+        "ratio negative",
+        with_change("jobTypes.0.ratio", -0.5),
+        "spec.jobTypes[0].ratio: -0.5 is not valid: a ratio must be greater than 0 and at most 1",
+    ),
+    (
+        "ratios not summing to 1",
+        with_change("jobTypes.1.ratio", 0.3),
+        "spec.jobTypes[*].ratio: ratios sum to 0.9 (0.6 + 0.3); they must sum to exactly 1",
+    ),
+    ("ratios above 1", with_change("jobTypes.1.ratio", 0.5), "ratios sum to 1.1 (0.6 + 0.5)"),
+    (
+        "model with no limit",
+        with_change("models.1.limits", {}),
+        "spec.models[1].limits: model 'beta' sets no limit; set at least one of tokensPerMinute",
+    ),
+    (
+        "limited dimension without estimate",
+        with_change("jobTypes.1.estimate", {"requests": 1}),
+        "spec.jobTypes[1].estimate.tokens: job type 'fill' estimates 0 tokens but may use model 'alpha', "
+        "which limits tokensPerMinute; set a positive estimate.tokens",
+    ),
+    (
+        "requests estimate zero on RPM model",
+        with_change("jobTypes.0.estimate.requests", 0),
+        "spec.jobTypes[0].estimate.requests: job type 'summary' estimates 0 requests "
+        "but may use model 'alpha', "
+        "which limits requestsPerMinute",
+    ),
+    (
+        "negative limit",
+        with_change("models.0.limits.tokensPerMinute", -5),
+        "spec.models[0].limits.tokensPerMinute: -5 is not valid: input should be greater than or equal to 1",
+    ),
+    (
+        "negative estimate",
+        with_change("jobTypes.0.estimate.tokens", -1),
+        "spec.jobTypes[0].estimate.tokens: -1 is not valid: input should be greater than or equal to 0",
+    ),
+    (
+        "negative memory",
+        with_change("jobTypes.0.estimate.memoryKB", -1),
+        "spec.jobTypes[0].estimate.memoryKB: -1 is not valid",
+    ),
+    (
+        "negative queue",
+        with_change("jobTypes.0.queue", {"maxWaiting": -1}),
+        "spec.jobTypes[0].queue.maxWaiting: -1 is not valid",
+    ),
+    ("negative replicas", {**BASE, "fleet": {"replicas": -1}}, "spec.fleet.replicas: -1 is not valid"),
+    (
+        "unknown field in a job type",
+        with_change("jobTypes.0.ratoi", 0.6),
+        "spec.jobTypes[0].ratoi: unknown field",
+    ),
+    ("unknown top-level field", {**BASE, "modles": []}, "spec.modles: unknown field"),
+    (
+        "unknown limit",
+        with_change("models.0.limits.tokensPerHour", 5),
+        "spec.models[0].limits.tokensPerHour: unknown field",
+    ),
+    (
+        "wrong type",
+        with_change("models.0.limits.tokensPerMinute", "lots"),
+        'spec.models[0].limits.tokensPerMinute: "lots" is not valid: input should be a valid integer',
+    ),
+    (
+        "unknown default job type",
+        {**BASE, "defaultJobType": "nope"},
+        "spec.defaultJobType: unknown job type 'nope'; known job types: summary, fill",
+    ),
     ("missing models", with_change("models", ...), "spec.models: required field is missing"),
     ("empty job types", with_change("jobTypes", []), "spec.jobTypes: list should have at least 1 item"),
-    ("bad protocol", with_change("models.0.upstream", {"url": "http://x", "protocol": "grpc"}),
-     "spec.models[0].upstream.protocol: \"grpc\" is not valid: input should be 'openai' or 'ollama'"),
-    ("timeout not above heartbeat", {**BASE, "instance": {"heartbeatSeconds": 5, "instanceTimeoutSeconds": 5}},
-     "spec.instance.instanceTimeoutSeconds: 5 must be greater than heartbeatSeconds (5)"),
+    (
+        "bad protocol",
+        with_change("models.0.upstream", {"url": "http://x", "protocol": "grpc"}),
+        "spec.models[0].upstream.protocol: \"grpc\" is not valid: input should be 'openai' or 'ollama'",
+    ),
+    (
+        "timeout not above heartbeat",
+        {**BASE, "instance": {"heartbeatSeconds": 5, "instanceTimeoutSeconds": 5}},
+        "spec.instance.instanceTimeoutSeconds: 5 must be greater than heartbeatSeconds (5)",
+    ),
 ]
 
 
@@ -120,8 +187,12 @@ def test_validation_rule(rule: str, doc: Any, message: str) -> None:
 
 
 def test_full_manifest_and_bare_spec_load_alike() -> None:
-    manifest = {"apiVersion": "fleetlimiter.io/v1alpha1", "kind": "RateLimitPolicy",
-                "metadata": {"name": "chat", "namespace": "team-a"}, "spec": BASE}
+    manifest = {
+        "apiVersion": "fleetlimiter.io/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": "chat", "namespace": "team-a"},
+        "spec": BASE,
+    }
     spec, meta = parse_policy(manifest)
     assert (meta.name, meta.namespace) == ("chat", "team-a")
     assert spec == parse_policy(BASE)[0]
@@ -172,8 +243,9 @@ def test_ratio_thirds_must_be_written_to_sum_exactly() -> None:
     assert parse_policy({"models": BASE["models"][:1], "jobTypes": jobs})
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[2].joinpath("examples").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_example_is_valid(path: Path) -> None:
     spec, meta = load_policy(path)
     assert spec.models and spec.job_types and meta.name
