@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY ?= examples/production.yaml
 INSTANCES ?= 3
 
-.PHONY: all venv test test-unit test-long lint fmt run plan crds clean
+.PHONY: all venv test test-unit test-long lint fmt run plan docs clean
 
 all: test
 
@@ -53,6 +53,10 @@ run: $(STAMP)
 ## plan: print the allocation of POLICY for INSTANCES instances
 plan: $(STAMP)
 	$(VENV)/bin/fleet-limiter plan --policy $(POLICY) --instances $(INSTANCES)
+
+## docs: regenerate docs/examples.md (the plan of every example policy)
+docs: $(STAMP)
+	$(PY) tools/gen_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
