@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY := $(VENV)/bin/python -P
 STAMP := $(VENV)/.installed
 POLICY ?= examples/production.yaml
 INSTANCES ?= 3
@@ -14,7 +14,7 @@ all: test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fleet-limiter needs Python 3.11+)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> installing fleet-limiter and its dev dependencies into $(VENV)"
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev]'
