@@ -1,0 +1,43 @@
+-- draw: take budget from the fleet's window counters of one model, all or nothing.
+-- KEYS: [1] budget registry set, [2..n+1] budget hashes {window, used}, one per limited dimension
+-- ARGV: four per budget key i (ARGV[4i-3..4i]): window length (s), limit, need, want
+--       (need <= want; amounts in the dimension's unit: tokens or requests)
+-- Windows are aligned to the epoch by Redis TIME: window id = floor(now_s / window_s), so 60 s
+-- windows are UTC minutes and 86400 s windows UTC days. A hash whose window is older is empty.
+-- If any key has less than `need` left in its current window, nothing is taken anywhere. Otherwise
+-- each key grants min(want, left), adds it to `used` and expires two windows later.
+-- Returns: {1 granted / 0 refused, Redis time (ms), then per key i: window id, granted,
+--          left after this draw, ms until the window ends}
+local sec, now = redis_clock()
+local n = #KEYS - 1
+local state = {}
+local ok = 1
+for i = 1, n do
+  local b = 4 * (i - 1)
+  local ws, limit = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local window = idiv(sec, ws)
+  local stored = redis.call('HMGET', KEYS[i + 1], 'window', 'used')
+  local used = 0
+  if tonumber(stored[1]) == window then
+    used = tonumber(stored[2]) or 0
+  end
+  if limit - used < tonumber(ARGV[b + 3]) then
+    ok = 0
+  end
+  state[i] = {ws, limit, window, used}
+end
+local out = {ok, now}
+for i = 1, n do
+  local ws, limit, window, used = unpack(state[i])
+  local granted = 0
+  if ok == 1 then
+    granted = math.min(tonumber(ARGV[4 * i]), limit - used)
+    used = used + granted
+    redis.call('HSET', KEYS[i + 1], 'window', int(window), 'used', int(used))
+    redis.call('PEXPIRE', KEYS[i + 1], int(2 * ws * 1000))
+    redis.call('SADD', KEYS[1], KEYS[i + 1])
+  end
+  local b = #out
+  out[b + 1], out[b + 2], out[b + 3], out[b + 4] = window, granted, limit - used, (window + 1) * ws * 1000 - now
+end
+return out

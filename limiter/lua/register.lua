@@ -1,0 +1,17 @@
+-- register: add an instance to the fleet (or refresh it when it is already a member).
+-- KEYS: [1] instances zset, [2] instance-info hash, [3] allocation string, [4] policy hash
+-- ARGV: [1] channel, [2] instanceTimeout (ms), [3] instance id, [4] instance info (JSON object)
+-- Evicts instances silent longer than the timeout (Redis time) first; publishes one allocation
+-- record when membership changed.
+-- Returns: {allocation record (JSON), Redis time (ms), 1 if the instance joined / 0 if it was a member}
+local _, now = redis_clock()
+local reasons = {}
+if evict(now, tonumber(ARGV[2])) > 0 then
+  reasons[#reasons + 1] = 'evict'
+end
+local joined = redis.call('ZADD', KEYS[1], int(now), ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if joined == 1 then
+  reasons[#reasons + 1] = 'join'
+end
+return {current_allocation(now, reasons), now, joined}
