@@ -1,0 +1,87 @@
+"""Fixtures for tests against a real, private redis-server (tests/support/redis_server.py).
+
+One server per session, flushed before every test. If redis-server is not installed the fixture
+fails with the command that installs it: these tests never skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from limiter.store import RedisStore
+from tests.support.redis_server import RedisServer, RedisServerMissing
+
+#: A small policy: TPM 100K shared by a (10K tokens, 0.6) and b (5K, 0.4), plus RPM on a second model.
+SPEC: dict[str, Any] = {
+    "models": [
+        {"name": "model-alpha", "limits": {"tokensPerMinute": 100000}},
+        {"name": "model-beta", "limits": {"requestsPerMinute": 500, "maxConcurrentRequests": 40}},
+    ],
+    "jobTypes": [
+        {"name": "a", "ratio": 0.6, "estimate": {"tokens": 10000, "requests": 1}},
+        {"name": "b", "ratio": 0.4, "estimate": {"tokens": 5000, "requests": 5}},
+    ],
+    "instance": {"heartbeatSeconds": 0.1, "instanceTimeoutSeconds": 5},
+}
+
+
+def new_server(**kwargs: Any) -> RedisServer:
+    """A RedisServer, or a test failure naming how to install redis-server."""
+    try:
+        return RedisServer(**kwargs)
+    except RedisServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's private redis-server."""
+    with new_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop, restart or kill it."""
+    with new_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session server, which is flushed first."""
+    redis_server.start()  # no-op unless a test stopped it
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(redis_client: aioredis.Redis) -> RedisStore:
+    """The store of policy team-a/chat on the flushed session server."""
+    return RedisStore(redis_client, "team-a", "chat")
+
+
+@pytest.fixture
+async def make_store(
+    redis_server: RedisServer, redis_client: aioredis.Redis
+) -> AsyncIterator[Callable[..., RedisStore]]:
+    """Stores with their own clients (separate connections, like separate pods) on the flushed
+    session server, closed afterwards."""
+    stores: list[RedisStore] = []
+
+    def make(
+        namespace: str = "team-a", name: str = "chat", *, url: str | None = None, **kwargs: Any
+    ) -> RedisStore:
+        s = RedisStore.from_url(url or redis_server.url, namespace, name, **kwargs)
+        stores.append(s)
+        return s
+
+    yield make
+    for s in stores:
+        await s.close()
