@@ -114,6 +114,82 @@ def render_plan(spec: PolicySpec, alloc: Allocation, console: Console) -> None:
         )
 
 
+@app.command()
+def serve(
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="Policy file; without it, the policy the operator projected into Redis."
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="Redis URL [env FLEET_LIMITER_REDIS_URL].")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address [env FLEET_LIMITER_HOST].")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port [env FLEET_LIMITER_PORT, 8080].")] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Policy namespace [env FLEET_LIMITER_POLICY_NAMESPACE].")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Policy name [env FLEET_LIMITER_POLICY_NAME].")
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option("--admin-token", help="Admin token [env FLEET_LIMITER_ADMIN_TOKEN].")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a limiter instance: the lease API, the allocation, health and metrics, on one port."""
+    import asyncio
+    import logging
+
+    from limiter.keys import PolicyKeys
+    from limiter.serve import ServeError
+    from limiter.serve import serve as run_serve
+    from limiter.settings import ServeSettings
+
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail(f"--log-level: {log_level!r} is not valid: debug, info, warning or error")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ServeSettings.from_env(
+            redis_url=redis,
+            policy_file=str(policy) if policy else None,
+            host=host,
+            port=port,
+            namespace=namespace,
+            name=name,
+            admin_token=admin_token,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    spec = None
+    ns, nm = settings.namespace, settings.name
+    if settings.policy_file:
+        try:
+            spec, meta = load_policy(settings.policy_file)
+        except PolicyError as exc:
+            fail(exc.first_line())
+        ns, nm = ns or meta.namespace, nm or meta.name
+    if not nm:
+        fail("--name: a policy name is needed without --policy (or set FLEET_LIMITER_POLICY_NAME)")
+    ns = ns or "default"
+    try:
+        PolicyKeys(ns, nm)
+    except ValueError as exc:
+        fail(str(exc))
+    if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        fail(f"--redis: {settings.redis_url!r} is not valid: expected redis://, rediss:// or unix://")
+    try:
+        asyncio.run(run_serve(settings, spec, ns, nm))
+    except ServeError as exc:
+        fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     """Entry point of the ``fleet-limiter`` script."""
     app()

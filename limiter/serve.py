@@ -1,0 +1,59 @@
+"""``fleet-limiter serve``: one instance's HTTP server and fleet membership, with graceful shutdown.
+
+On SIGTERM (or Ctrl-C) the instance stops taking new work, leaves the fleet at once (the others
+take its share within one published message), lets in-flight leases finish within
+``shutdown_grace_seconds`` while still answering their releases, hands back the rest, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from limiter.http import build_app
+from limiter.instance import LimiterInstance
+from limiter.policy import PolicySpec
+from limiter.settings import ServeSettings
+from limiter.store import RedisStore
+
+log = logging.getLogger("fleet_limiter.serve")
+
+
+class ServeError(Exception):
+    """The server cannot start (a port in use, a bad address); the message says which."""
+
+
+async def serve(settings: ServeSettings, spec: PolicySpec | None, namespace: str, name: str) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    store = RedisStore.from_url(settings.redis_url, namespace, name)
+    instance = LimiterInstance(settings, store, spec)
+    runner = web.AppRunner(build_app(instance), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        log.info("instance %s listening on http://%s:%d", settings.instance_id, settings.host, settings.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        join = asyncio.create_task(instance.run(), name="join")
+        await stop.wait()
+        log.info("shutting down: leaving the fleet, draining leases")
+        await instance.stop()
+        join.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await join
+    finally:
+        await runner.cleanup()
+        await store.close()
+    log.info("instance %s stopped", settings.instance_id)
