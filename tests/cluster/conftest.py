@@ -96,7 +96,7 @@ def cluster() -> Iterator[Cluster]:
     )
     if proc.returncode != 0:
         pytest.fail(
-            f"the local cluster did not come up (run `make cluster-build` first if its binaries are missing):\n"
+            "the local cluster did not come up (`make cluster-build` first if its binaries are missing):\n"
             f"{proc.stdout}{proc.stderr}",
             pytrace=False,
         )

@@ -15,7 +15,11 @@ pytestmark = pytest.mark.cluster
 
 def pod(name: str, script: str, *, restart: str = "Never", **spec: Any) -> dict[str, Any]:
     """A pod running a Python one-off script in the project's virtualenv."""
-    container: dict[str, Any] = {"name": "main", "image": "fleet-limiter:dev", "command": ["python", "-c", script]}
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "fleet-limiter:dev",
+        "command": ["python", "-c", script],
+    }
     container.update(spec.pop("container", {}))
     return {
         "apiVersion": "v1",
@@ -25,7 +29,9 @@ def pod(name: str, script: str, *, restart: str = "Never", **spec: Any) -> dict[
     }
 
 
-def wait_phase(cluster: Cluster, ns: str, name: str, phases: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+def wait_phase(
+    cluster: Cluster, ns: str, name: str, phases: tuple[str, ...], timeout: float = 60
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         p = cluster.get("pod", name, ns)
         return p if p.get("status", {}).get("phase") in phases else None
@@ -90,7 +96,9 @@ def test_restart_policy_never_leaves_a_failed_pod(cluster: Cluster, namespace: s
     assert cluster.get("pod", "once", namespace)["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
-def test_deletion_sends_sigterm_and_completes_within_the_grace_period(cluster: Cluster, namespace: str) -> None:
+def test_deletion_sends_sigterm_and_completes_within_the_grace_period(
+    cluster: Cluster, namespace: str
+) -> None:
     script = (
         "import signal, sys, time\n"
         "def bye(*_):\n    print('got SIGTERM', flush=True); sys.exit(0)\n"
@@ -98,12 +106,16 @@ def test_deletion_sends_sigterm_and_completes_within_the_grace_period(cluster: C
     )
     cluster.apply(pod("graceful", script, restart="Always", terminationGracePeriodSeconds=30), namespace)
     wait_phase(cluster, namespace, "graceful", ("Running",))
-    wait_until("the process to start", lambda: "started" in cluster.kubectl("logs", "graceful", "-n", namespace))
+    wait_until(
+        "the process to start", lambda: "started" in cluster.kubectl("logs", "graceful", "-n", namespace)
+    )
     log_dir = cluster.state_dir / "logs" / "pods"
 
     started = time.monotonic()
     cluster.kubectl("delete", "pod", "graceful", "-n", namespace, "--wait=true", timeout=60)
-    assert time.monotonic() - started < 20, "a process that exits on SIGTERM must not wait out the grace period"
+    assert time.monotonic() - started < 20, (
+        "a process that exits on SIGTERM must not wait out the grace period"
+    )
     logs = [p for p in log_dir.glob(f"{namespace}_graceful_*/main/*.log")]
     assert logs and "got SIGTERM" in logs[0].read_text()
 
@@ -164,7 +176,9 @@ def test_a_pod_runs_with_exactly_its_service_accounts_rbac(cluster: Cluster, nam
     results = {}
     for sa in ("reader", "nobody"):
         wait_phase(cluster, namespace, f"as-{sa}", ("Succeeded", "Failed"))
-        results[sa] = json.loads(cluster.kubectl("logs", f"as-{sa}", "-n", namespace).strip().splitlines()[-1])
+        results[sa] = json.loads(
+            cluster.kubectl("logs", f"as-{sa}", "-n", namespace).strip().splitlines()[-1]
+        )
     assert results["reader"]["status"] == 200 and "visible" in results["reader"]["names"]
     assert results["nobody"]["status"] == 403
 

@@ -48,7 +48,9 @@ def ready_pods(cluster: Cluster, ns: str, app: str, count: int) -> list[dict[str
         ready = [
             p
             for p in pods
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or []
+            )
         ]
         return ready if len(ready) == count == len(pods) else None
 
@@ -77,7 +79,9 @@ def pod_processes(pod_name: str) -> list[int]:
                 env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if f"HOSTNAME={pod_name}".encode() in env and any(e.startswith(b"FLEET_LOCALCLUSTER=") for e in env):
+            if f"HOSTNAME={pod_name}".encode() in env and any(
+                e.startswith(b"FLEET_LOCALCLUSTER=") for e in env
+            ):
                 found.append(int(entry.name))
     return found
 
@@ -89,7 +93,9 @@ def get_text(url: str) -> str:
 
 
 @pytest.mark.timeout(180)
-def test_deployment_pods_become_ready_and_answer_on_their_own_addresses(cluster: Cluster, namespace: str) -> None:
+def test_deployment_pods_become_ready_and_answer_on_their_own_addresses(
+    cluster: Cluster, namespace: str
+) -> None:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -110,7 +116,9 @@ def test_deployment_pods_become_ready_and_answer_on_their_own_addresses(cluster:
 
     # No proxying, and Endpoints/EndpointSlices refuse loopback addresses: clients find the pods by the
     # Service's selector and connect to their pod IPs.
-    selector = ",".join(f"{k}={v}" for k, v in cluster.get("service", "web", namespace)["spec"]["selector"].items())
+    selector = ",".join(
+        f"{k}={v}" for k, v in cluster.get("service", "web", namespace)["spec"]["selector"].items()
+    )
     assert sorted(p["status"]["podIP"] for p in cluster.pods(namespace, selector)) == ips
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,8 +101,15 @@ def ensure_pki() -> None:
             "-days", "3650", "-sha256", "-out", str(PKI / "ca.crt"),
         )  # fmt: skip
     sans = ",".join(
-        [f"IP:{HOST}", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default"]
-        + ["DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
+        [
+            f"IP:{HOST}",
+            "IP:10.96.0.1",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            "DNS:kubernetes.default.svc.cluster.local",
+        ]
     )
     issue("apiserver", "/CN=kube-apiserver", "serverAuth", sans)
     issue("node-agent-serving", f"/CN={NODE_NAME}", "serverAuth", f"IP:{HOST},DNS:localhost,DNS:{NODE_NAME}")
@@ -190,7 +199,7 @@ def tagged_env() -> dict[str, str]:
 class Component:
     name: str
     argv: Callable[[], list[str]]
-    ready: Callable[[], bool]
+    ready: Callable[[float], bool]  # given the start time (epoch seconds)
     ready_timeout: float = 60.0
 
     @property
@@ -213,12 +222,13 @@ class Component:
                 start_new_session=True,  # its own process group, so `down` can signal the group
             )
         write_pidfile(self.pidfile, proc.pid)
+        started = time.time()
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
                 raise SystemExit(f"error: {self.name} exited with {proc.returncode}; end of {log}:\n{tail}")
-            if self.ready():
+            if self.ready(started):
                 return
             time.sleep(0.3)
         raise SystemExit(f"error: {self.name} not ready after {self.ready_timeout:.0f}s; see {log}")
@@ -236,10 +246,8 @@ def kill_group(pid: int, grace: float, what: str) -> None:
         if proc_start_time(pid) != start or start is None:
             break
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     say(f"stopped {what} (pid {pid})")
 
 
@@ -287,24 +295,33 @@ def api(path: str) -> tuple[int, dict]:
         return code, {}
 
 
-def etcd_ready() -> bool:
+def etcd_ready(_since: float = 0.0) -> bool:
     code, body = get(f"http://{HOST}:{ETCD_CLIENT_PORT}/health")
     return code == 200 and b'"true"' in body
 
 
-def apiserver_ready() -> bool:
+def apiserver_ready(_since: float = 0.0) -> bool:
     return get(f"https://{HOST}:{APISERVER_PORT}/readyz", https_context())[0] == 200
 
 
-def node_ready() -> bool:
+def node_ready(since: float = 0.0) -> bool:
+    """The node reports Ready and its agent renewed the node's Lease recently (and after `since`, epoch
+    seconds): a Ready condition alone may be a stale one left in etcd by an agent that is gone."""
     code, node = api(f"/api/v1/nodes/{NODE_NAME}")
     if code != 200:
         return False
     conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
-    return conds.get("Ready") == "True"
+    if conds.get("Ready") != "True":
+        return False
+    code, lease = api(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE_NAME}")
+    renewed = lease.get("spec", {}).get("renewTime") if code == 200 else None
+    if not renewed:
+        return False
+    renewed_at = datetime.strptime(renewed[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+    return renewed_at >= int(since) and time.time() - renewed_at < 40
 
 
-def always() -> bool:
+def always(_since: float = 0.0) -> bool:
     return True
 
 
@@ -371,7 +388,8 @@ def components(bin_dir: Path, k8s_version: str) -> list[Component]:
         return [
             str(venv_python), str(HERE / "nodeagent" / "main.py"),
             f"--node-name={NODE_NAME}", f"--server=https://{HOST}:{APISERVER_PORT}",
-            f"--ca-file={pki}/ca.crt", f"--cert-file={pki}/node-agent.crt", f"--key-file={pki}/node-agent.key",
+            f"--ca-file={pki}/ca.crt",
+            f"--cert-file={pki}/node-agent.crt", f"--key-file={pki}/node-agent.key",
             f"--serving-cert-file={pki}/node-agent-serving.crt",
             f"--serving-key-file={pki}/node-agent-serving.key",
             f"--port={NODE_AGENT_PORT}", f"--state-dir={STATE}", f"--kubelet-version={k8s_version}",
@@ -409,7 +427,9 @@ def up() -> None:
     missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
                if not (bin_dir / b).exists()]  # fmt: skip
     if missing:
-        raise SystemExit(f"error: {', '.join(missing)} not built in {bin_dir}: run `make cluster-build` first")
+        raise SystemExit(
+            f"error: {', '.join(missing)} not built in {bin_dir}: run `make cluster-build` first"
+        )
     for d in (STATE, RUN, LOGS):
         d.mkdir(parents=True, exist_ok=True)
     comps = components(bin_dir, env["k8s_version"])

@@ -72,7 +72,10 @@ class EnvResolver:
                     data = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
                 else:
                     data.update(
-                        {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (obj.get("binaryData") or {}).items()}
+                        {
+                            k: base64.b64decode(v).decode("utf-8", "replace")
+                            for k, v in (obj.get("binaryData") or {}).items()
+                        }
                     )
                 self._cache[key] = data
         return self._cache[key]
@@ -88,7 +91,7 @@ class EnvResolver:
         if ref["key"] not in data:
             if optional:
                 return None
-            raise EnvError(f'couldn\'t find key {ref["key"]} in {what} {self.namespace}/{ref["name"]}')
+            raise EnvError(f"couldn't find key {ref['key']} in {what} {self.namespace}/{ref['name']}")
         return data[ref["key"]]
 
     async def resolve(

@@ -36,7 +36,9 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     if c is None:
         raise web.HTTPNotFound(text=f"container {container!r} of pod {ns}/{pod} is not on this node\n")
     if path is None or not path.exists():
-        raise web.HTTPBadRequest(text=f"previous terminated container {container!r} in pod {pod!r} not found\n")
+        raise web.HTTPBadRequest(
+            text=f"previous terminated container {container!r} in pod {pod!r} not found\n"
+        )
     data = path.read_bytes()
     if "tailLines" in q:
         lines = data.splitlines(keepends=True)

@@ -1,4 +1,4 @@
-"""The local node agent: a kubelet stand-in that runs pods as local processes (see tools/localcluster/README.md).
+"""The local node agent: a kubelet stand-in that runs pods as local processes (tools/localcluster/README.md).
 
 It registers a Node, renews its Lease, watches the pods bound to it and runs one PodWorker per pod.
 It also serves `kubectl logs` (GET /containerLogs/...) on its kubelet port, over TLS, for the API server.
@@ -36,6 +36,14 @@ class Agent:
         self.workers: dict[str, PodWorker] = {}
         self.pid_dir = self.state_dir / "run" / "pods"
         self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_text = Path(args.ca_file).read_text()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """Runs coro in the background, holding a reference so the task is not garbage-collected."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- what every pod process gets -----------------------------------------------------------
 
@@ -73,7 +81,7 @@ class Agent:
         if worker is None:
             if pod["metadata"].get("deletionTimestamp"):
                 # being deleted and not running here (already stopped, or the agent restarted)
-                asyncio.create_task(self._delete_now(pod))
+                self.spawn(self._delete_now(pod))
                 return
             if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 return  # finished before this agent started: never run a pod twice
@@ -93,7 +101,7 @@ class Agent:
     def on_pod_gone(self, uid: str) -> None:
         worker = self.workers.get(uid)
         if worker is not None and not worker.stopping:
-            asyncio.create_task(worker.kill_now())
+            self.spawn(worker.kill_now())
 
     async def watch_pods_forever(self) -> None:
         path = "/api/v1/pods"
@@ -123,16 +131,15 @@ class Agent:
                 if e.status != 410:
                     log.warning("pod watch failed: %s", e)
                     await asyncio.sleep(1)
-            except (OSError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, OSError, ValueError) as e:
                 log.warning("pod watch failed: %s", e)
                 await asyncio.sleep(1)
 
     async def shutdown(self) -> None:
         log.info("stopping %d pods", len(self.workers))
-        await asyncio.gather(
-            *(w.terminate(min(5.0, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30))), delete=False)
-              for w in list(self.workers.values()))
-        )  # fmt: skip
+        workers = list(self.workers.values())
+        grace = [min(5.0, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30))) for w in workers]
+        await asyncio.gather(*(w.terminate(g, delete=False) for w, g in zip(workers, grace, strict=True)))
         await self.api.close()
 
 
@@ -175,7 +182,9 @@ def main() -> int:
     p.add_argument("--venv-bin", required=True, help="first on every pod's PATH")
     p.add_argument("--tools-bin", action="append", help="also on every pod's PATH (kubectl, helm)")
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     asyncio.run(run(args))
     return 0
 

@@ -99,7 +99,8 @@ class NodeRegistration:
         }
         try:
             node = await self.api.post(
-                "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}}
+                "/api/v1/nodes",
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}},
             )
             log.info("registered node %s", self.name)
         except ApiError as e:
@@ -147,5 +148,5 @@ class NodeRegistration:
                 if ticks % (STATUS_SECONDS // LEASE_RENEW_SECONDS) == 0:
                     await self.post_status()
                     await self.clear_not_ready_taints()
-            except (ApiError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, ApiError, OSError) as e:
                 log.warning("node heartbeat failed: %s", e)

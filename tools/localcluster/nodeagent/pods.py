@@ -114,7 +114,7 @@ class PodWorker:
             if grace is None:
                 grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
             log.info("pod %s is being deleted (grace %ss)", self.key, grace)
-            asyncio.create_task(self.terminate(float(grace), delete=True))
+            self.agent.spawn(self.terminate(float(grace), delete=True))
 
     async def _run(self) -> None:
         self.ip = self.agent.addresses.allocate(self.key)
@@ -142,7 +142,9 @@ class PodWorker:
         if self.stopping:
             return
         self.stopping = True
-        procs = [c.proc for c in self.init_containers + self.containers if c.proc and c.proc.returncode is None]
+        procs = [
+            c.proc for c in self.init_containers + self.containers if c.proc and c.proc.returncode is None
+        ]
         for p in procs:
             _signal_group(p.pid, signal.SIGTERM)
         if procs:
@@ -207,8 +209,8 @@ class PodWorker:
                 backoff = BACKOFF_START
             c.last_state = c.state
             c.restart_count += 1
-            c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                   "message": f"back-off {backoff:.0f}s restarting failed container"}}  # fmt: skip
+            message = f"back-off {backoff:.0f}s restarting failed container"
+            c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
             self.mark()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -229,8 +231,8 @@ class PodWorker:
         logfile = self.log_dir / c.name / f"{c.restart_count}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
         cwd = c.spec.get("workingDir") or ""
-        if not cwd or not Path(cwd).is_dir():
-            cwd = str(self.dir)
+        if not cwd or not _is_dir(cwd):
+            cwd = str(self.dir)  # an image's workingDir (/app, ...) rarely exists on this machine
         c.env = env
         try:
             with logfile.open("ab") as out:
@@ -265,8 +267,13 @@ class PodWorker:
         self.agent.forget_pid(self.uid, c.name)
         code = 128 - rc if rc < 0 else rc  # killed by signal n -> 128+n, as a container runtime reports
         reason = "Completed" if code == 0 else "Error"
-        term: dict[str, Any] = {"exitCode": code, "reason": reason, "startedAt": started_at,
-                                "finishedAt": now(), "containerID": f"localprocess://{c.proc.pid}"}  # fmt: skip
+        term: dict[str, Any] = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started_at,
+            "finishedAt": now(),
+            "containerID": f"localprocess://{c.proc.pid}",
+        }
         if c.liveness_failed:
             term["message"] = "container failed its liveness probe and was restarted"
         c.state = {"terminated": term}
@@ -331,9 +338,11 @@ class PodWorker:
                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid},
             },
         }
-        resp = await self.agent.api.post(f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", req)
+        resp = await self.agent.api.post(
+            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", req
+        )
         token = resp["status"]["token"]
-        ca = Path(self.agent.api.ca_file).read_text()
+        ca = self.agent.ca_text
         sa_dir = self.dir / "serviceaccount"  # the files a pod finds in /var/run/secrets/kubernetes.io/...
         sa_dir.mkdir(parents=True, exist_ok=True)
         for name, text in (("token", token), ("ca.crt", ca), ("namespace", self.namespace)):
@@ -344,7 +353,8 @@ class PodWorker:
             "clusters": [{"name": "local", "cluster": {"server": self.agent.api.server,
                                                        "certificate-authority": str(sa_dir / "ca.crt")}}],
             "users": [{"name": sa, "user": {"tokenFile": str(sa_dir / "token")}}],
-            "contexts": [{"name": "local", "context": {"cluster": "local", "user": sa, "namespace": self.namespace}}],
+            "contexts": [{"name": "local",
+                          "context": {"cluster": "local", "user": sa, "namespace": self.namespace}}],
             "current-context": "local",
         }  # fmt: skip
         _write_private(path, json.dumps(cfg, indent=2) + "\n")
@@ -361,7 +371,9 @@ class PodWorker:
 
     def phase(self) -> str:
         if not self.initialized:
-            if any(c.done and c.state.get("terminated", {}).get("exitCode") != 0 for c in self.init_containers):
+            if any(
+                c.done and c.state.get("terminated", {}).get("exitCode") != 0 for c in self.init_containers
+            ):
                 return "Failed"
             return "Pending"
         if not all(c.started for c in self.containers):
@@ -392,7 +404,9 @@ class PodWorker:
             self._condition("Ready", ready, "ContainersNotReady"),
             self._condition("PodScheduled", True),
         ]
-        others = [c for c in self.pod.get("status", {}).get("conditions") or [] if c["type"] not in OWN_CONDITIONS]
+        others = [
+            c for c in self.pod.get("status", {}).get("conditions") or [] if c["type"] not in OWN_CONDITIONS
+        ]
         st: dict[str, Any] = {
             "phase": phase,
             "hostIP": "127.0.0.1",
@@ -427,11 +441,15 @@ class PodWorker:
                 log.warning("pod %s: status update failed: %s", self.key, e)
                 await asyncio.sleep(1)
                 self.mark()
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 log.warning("pod %s: status update failed: %s", self.key, e)
                 await asyncio.sleep(1)
                 self.mark()
             await asyncio.sleep(0.1)  # coalesce bursts of changes
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
 
 
 def _write_private(path: Path, text: str) -> None:

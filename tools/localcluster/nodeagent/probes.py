@@ -23,20 +23,20 @@ def resolve_port(port: int | str, container: dict[str, Any]) -> int:
 
 async def probe(spec: dict[str, Any], container: dict[str, Any], pod_ip: str, env: dict[str, str]) -> bool:
     """Runs one probe attempt; True on success. Timeouts and errors count as failure."""
-    timeout = float(spec.get("timeoutSeconds") or 1)
+    seconds = float(spec.get("timeoutSeconds") or 1)
     try:
         if "httpGet" in spec:
-            return await _http_get(spec["httpGet"], container, pod_ip, timeout)
+            return await _http_get(spec["httpGet"], container, pod_ip, seconds)
         if "tcpSocket" in spec:
-            return await _tcp(spec["tcpSocket"], container, pod_ip, timeout)
+            return await _tcp(spec["tcpSocket"], container, pod_ip, seconds)
         if "exec" in spec:
-            return await _exec(spec["exec"].get("command") or [], env, timeout)
-    except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError):
+            return await _exec(spec["exec"].get("command") or [], env, seconds)
+    except (TimeoutError, OSError, aiohttp.ClientError, ValueError):
         return False
     return False  # grpc probes are not supported here
 
 
-async def _http_get(h: dict[str, Any], container: dict[str, Any], pod_ip: str, timeout: float) -> bool:
+async def _http_get(h: dict[str, Any], container: dict[str, Any], pod_ip: str, seconds: float) -> bool:
     scheme = (h.get("scheme") or "HTTP").lower()
     host = h.get("host") or pod_ip
     port = resolve_port(h["port"], container)
@@ -47,20 +47,24 @@ async def _http_get(h: dict[str, Any], container: dict[str, Any], pod_ip: str, t
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # kubelet does not verify probe certificates either
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-        async with s.get(f"{scheme}://{host}:{port}{path}", headers=headers, ssl=ctx, allow_redirects=False) as r:
-            return 200 <= r.status < 400
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds)) as s,
+        s.get(f"{scheme}://{host}:{port}{path}", headers=headers, ssl=ctx, allow_redirects=False) as r,
+    ):
+        return 200 <= r.status < 400
 
 
-async def _tcp(t: dict[str, Any], container: dict[str, Any], pod_ip: str, timeout: float) -> bool:
+async def _tcp(t: dict[str, Any], container: dict[str, Any], pod_ip: str, seconds: float) -> bool:
     host = t.get("host") or pod_ip
-    _, writer = await asyncio.wait_for(asyncio.open_connection(host, resolve_port(t["port"], container)), timeout)
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, resolve_port(t["port"], container)), seconds
+    )
     writer.close()
     await writer.wait_closed()
     return True
 
 
-async def _exec(argv: list[str], env: dict[str, str], timeout: float) -> bool:
+async def _exec(argv: list[str], env: dict[str, str], seconds: float) -> bool:
     if not argv:
         return False
     proc = await asyncio.create_subprocess_exec(
@@ -68,8 +72,8 @@ async def _exec(argv: list[str], env: dict[str, str], timeout: float) -> bool:
         stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        return await asyncio.wait_for(proc.wait(), timeout) == 0
-    except asyncio.TimeoutError:
+        return await asyncio.wait_for(proc.wait(), seconds) == 0
+    except TimeoutError:
         os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
         return False
