@@ -84,24 +84,37 @@ def _cluster_env() -> dict[str, str]:
     return {"bin": out.stdout.strip()}
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    """The local cluster, brought up once per session (or reused when already up and healthy)."""
-    proc = subprocess.run(
-        [sys.executable, str(LOCALCLUSTER / "cluster.py"), "up"],
+def _cluster_py(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LOCALCLUSTER / "cluster.py"), command],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The local cluster, brought up once per session, or reused when already up and healthy.
+
+    A cluster this fixture started is stopped at the end of the session; one that was running is left running.
+    """
+    was_up = _cluster_py("status", timeout=30).returncode == 0
+    proc = _cluster_py("up", timeout=300)
     if proc.returncode != 0:
         pytest.fail(
             "the local cluster did not come up (`make cluster-build` first if its binaries are missing):\n"
             f"{proc.stdout}{proc.stderr}",
             pytrace=False,
         )
-    yield Cluster(kubeconfig=ROOT / ".cluster" / "kubeconfig", bin_dir=Path(_cluster_env()["bin"]),
-                  state_dir=ROOT / ".cluster")  # fmt: skip
+    yield Cluster(
+        kubeconfig=ROOT / ".cluster" / "kubeconfig",
+        bin_dir=Path(_cluster_env()["bin"]),
+        state_dir=ROOT / ".cluster",
+    )
+    if not was_up:
+        _cluster_py("down", timeout=120)
 
 
 @pytest.fixture
