@@ -8,9 +8,14 @@ Cluster too. Values going in and out are built and parsed by the pure modules
 
 Errors: when Redis cannot be reached (refused, timed out, loading its data, connection lost, a
 read-only replica after a failover) every method raises :class:`StoreUnavailable`, with the redis-py
-exception as ``__cause__``. Nothing is retried automatically: a script whose reply was lost may
-have run, and running ``give_back`` twice would hand the same budget out twice. Callers retry on
-their own schedule (the heartbeat loop does, every interval).
+exception as ``__cause__``. Callers retry on their own schedule (the heartbeat loop does, every
+interval).
+
+Retries: redis-py's own retries are off in :meth:`RedisStore.from_url`, because a script whose
+reply was lost may have run. After a *connection* error (typically a pooled connection the server
+closed when it restarted) a call is sent once more on a fresh connection, except ``give_back``:
+running it twice would hand the same budget out twice. A repeated draw or charge can only take
+too much (budget idle until the window ends), never admit too much. Timeouts are never repeated.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -46,6 +51,8 @@ from limiter.fleetbudget import (
 from limiter.keys import PolicyKeys
 from limiter.membership import AllocationRecord, MembershipReply, encode_info, project
 from limiter.policy import WINDOW_LIMITS
+
+T = TypeVar("T")
 
 #: Script name -> the library files prepended to it (Redis scripts cannot import each other).
 SCRIPTS: dict[str, tuple[str, ...]] = {
@@ -103,7 +110,9 @@ class RedisStore:
     """Everything one instance (or the operator) does in Redis for one policy ``namespace/name``.
 
     Create it with :meth:`from_url` (the store owns and closes its client) or around an existing
-    ``redis.asyncio.Redis`` (the caller closes it). Scripts are registered here, at client start.
+    ``redis.asyncio.Redis`` (the caller closes it; turn its retries off, ``retry=Retry(NoBackoff(),
+    0)``, or a lost reply to ``give_back`` may be replayed). Scripts are registered here, at client
+    start.
     """
 
     def __init__(
@@ -169,24 +178,40 @@ class RedisStore:
     ) -> None:
         await self.close()
 
-    @contextlib.contextmanager
-    def _guard(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Redis at {self.server} is unavailable ({operation}): {exc}") from exc
+    def unavailable(self, operation: str, exc: BaseException) -> StoreUnavailable:
+        """The exception to raise for ``exc`` during ``operation``."""
+        return StoreUnavailable(f"Redis at {self.server} is unavailable ({operation}): {exc}")
 
-    async def _run(self, script: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        with self._guard(script):
-            return await self._scripts[script](keys=list(keys), args=list(args))
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run ``call``, translating outages into :class:`StoreUnavailable`.
+
+        A pooled connection may have been closed by the server (a Redis restart) without the client
+        noticing yet; ``retry`` sends the call once more on a fresh connection after a connection
+        error. Only for calls that are safe to repeat: never on a timeout (the first call may still
+        be running), and never for give_back.
+        """
+        for attempt in (1, 2):
+            try:
+                return await call()
+            except UNAVAILABLE as exc:
+                if retry and attempt == 1 and isinstance(exc, rex.ConnectionError):
+                    continue
+                raise self.unavailable(operation, exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _run(
+        self, script: str, keys: Sequence[str], args: Sequence[str | int], *, retry: bool = True
+    ) -> Any:
+        return await self._call(
+            script, lambda: self._scripts[script](keys=list(keys), args=list(args)), retry=retry
+        )
 
     # -- health ------------------------------------------------------------------------------------
 
     async def ping(self) -> float:
         """Round trip to Redis in seconds; raises :class:`StoreUnavailable` when it does not answer."""
         start = time.perf_counter()
-        with self._guard("ping"):
-            await self._client.ping()
+        await self._call("ping", self._client.ping)
         return time.perf_counter() - start
 
     # -- membership --------------------------------------------------------------------------------
@@ -227,18 +252,20 @@ class RedisStore:
 
     async def allocation(self) -> AllocationRecord | None:
         """The stored allocation record, or None before any instance registered."""
-        with self._guard("allocation"):
-            raw = await self._client.get(self.keys.allocation)
+        raw = await self._call("allocation", lambda: self._client.get(self.keys.allocation))
         return AllocationRecord.from_json(raw) if raw is not None else None
 
     async def instances(self) -> list[InstanceRecord]:
         """The registered instances, most recent heartbeat first (may include silent ones not yet
         evicted: eviction happens in the scripts)."""
-        with self._guard("instances"):
+
+        async def read() -> list[Any]:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.zrange(self.keys.instances, 0, -1, desc=True, withscores=True)
                 pipe.hgetall(self.keys.instance_info)
-                members, infos = await pipe.execute()
+                return await pipe.execute()
+
+        members, infos = await self._call("instances", read)
         infos = {_text(k): _text(v) for k, v in infos.items()}
         return [
             InstanceRecord(_text(member), int(score), json.loads(infos.get(_text(member), "{}")))
@@ -269,8 +296,9 @@ class RedisStore:
 
     async def load_policy(self) -> tuple[dict[str, Any], int] | None:
         """The projected spec (camelCase JSON) and its generation, or None when none is projected."""
-        with self._guard("load_policy"):
-            spec, generation = await self._client.hmget(self.keys.policy, ["spec", "generation"])
+        spec, generation = await self._call(
+            "load_policy", lambda: self._client.hmget(self.keys.policy, ["spec", "generation"])
+        )
         if spec is None or generation is None:
             return None
         return json.loads(spec), int(generation)
@@ -282,14 +310,17 @@ class RedisStore:
         draw racing the deletion can write a key again; the loop catches that. Instances still
         running will register again: stop them first.
         """
-        deleted = 0
-        with self._guard("delete_policy"):
+
+        async def delete() -> int:
+            deleted = 0
             for _ in range(5):
                 budgets = [_text(k) for k in await self._client.smembers(self.keys.budget_registry)]
                 deleted += int(await self._client.delete(*self.keys.fixed_keys, *budgets))
                 if not await self._client.exists(self.keys.budget_registry):
                     break
-        return deleted
+            return deleted
+
+        return await self._call("delete_policy", delete)
 
     # -- allocation updates ------------------------------------------------------------------------
 
@@ -329,7 +360,10 @@ class RedisStore:
             if amount < 0:
                 raise ValueError(f"{dimension}: amount {amount} is not valid: give back 0 or more")
         reply = await self._run(
-            "give_back", keys, [v for _, window, amount in refunds for v in (window, amount)]
+            "give_back",
+            keys,
+            [v for _, window, amount in refunds for v in (window, amount)],
+            retry=False,  # twice would hand the same budget out twice
         )
         return [int(v) for v in reply]
 
@@ -405,8 +439,10 @@ class AllocationSubscription:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> Self:
-        with self._store._guard("subscribe"):
+        try:
             await self._connect()
+        except UNAVAILABLE as exc:
+            raise self._store.unavailable("subscribe", exc) from exc
         return self
 
     async def __aexit__(

@@ -8,8 +8,8 @@ local function redis_clock()
   return sec, sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- floor(a / b) for non-negative integers below 2^53, exactly. math.fmod is exact on doubles,
--- while Lua 5.1's % computes a - floor(a/b)*b and can be off by one b near 2^53.
+-- floor(a / b) for non-negative integers a, b below 2^53, exactly: fmod of doubles is exact, so
+-- a - fmod(a, b) is a multiple of b and the division leaves no rounding. (Lua numbers are doubles.)
 local function idiv(a, b)
   return (a - math.fmod(a, b)) / b
 end

@@ -10,6 +10,7 @@ in production.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,11 +35,28 @@ class RedisServerError(RuntimeError):
     """redis-server did not start or stop as expected; the message carries its log."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now. A cluster node also listens on
+    port + 10000 (its bus), so Redis refuses cluster ports above 55535: those come from below."""
+    if not cluster:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55535)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RedisServerError("no free port pair (port, port + 10000) found for a cluster node")
 
 
 def find_redis_server() -> str:
@@ -82,7 +100,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.cluster = cluster
         self.host = "127.0.0.1"
-        self.port = port or free_port()
+        self.port = port or free_port(cluster=cluster)
         self._tmp = tempfile.TemporaryDirectory(prefix="fleet-limiter-redis-")
         self.dir = Path(self._tmp.name)
         self.log = self.dir / "redis.log"
@@ -123,7 +141,7 @@ class RedisServer:
                 # first start may move, a restart must keep its port (clients reconnect to it).
                 if self._started or "Address already in use" not in self.log_tail():
                     raise
-                self.port = free_port()
+                self.port = free_port(cluster=self.cluster)
         return self._start(timeout)
 
     def _start(self, timeout: float) -> RedisServer:
@@ -135,7 +153,7 @@ class RedisServer:
             code = self.process.poll()
             if code is not None:
                 stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                self.process = None
+                self._reap()
                 raise RedisServerError(
                     f"redis-server exited with {code} while starting on port {self.port}:\n"
                     f"{stderr}{self.log_tail()}"
@@ -223,7 +241,11 @@ class RedisServer:
         self._tmp.cleanup()
 
     def __enter__(self) -> RedisServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -1,0 +1,105 @@
+"""One published message per change, delivered to every subscriber, across reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from limiter.membership import AllocationRecord
+from limiter.store import AllocationSubscription, RedisStore, StoreUnavailable
+from tests.redis.conftest import SPEC
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def drain(sub: AllocationSubscription, quiet: float = 0.2) -> list[AllocationRecord]:
+    """Every record that arrives until none has for ``quiet`` seconds."""
+    records = []
+    while True:
+        try:
+            records.append(await asyncio.wait_for(anext(sub), quiet))
+        except TimeoutError:
+            return records
+
+
+async def publish_calls(client: aioredis.Redis) -> int:
+    """PUBLISH calls the server has run since the last CONFIG RESETSTAT (scripts' calls included)."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+
+async def test_five_joins_publish_five_messages_not_twenty_five(
+    store: RedisStore, make_store: Callable[..., RedisStore]
+) -> None:
+    await store.project_policy(SPEC, 1)
+    pods = [make_store() for _ in range(5)]
+    async with contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(p.subscribe()) for p in pods]  # one per instance
+        await store.client.config_resetstat()
+        for i, pod in enumerate(pods):
+            await pod.register(f"pod-{i}", {})
+            for _ in range(3):  # heartbeats publish nothing
+                await pod.heartbeat(f"pod-{i}")
+        received = [await drain(sub) for sub in subs]
+        assert await publish_calls(store.client) == 5
+    for records in received:
+        assert [r.instance_count for r in records] == [1, 2, 3, 4, 5]
+        assert [r.epoch for r in records] == sorted({r.epoch for r in records})
+        assert records[-1].pools["model-alpha"].total_slots == 2  # floor(100000 / 7500 / 5)
+
+
+async def test_leave_eviction_and_policy_each_publish_once(store: RedisStore) -> None:
+    store.instance_timeout_seconds = 0.2
+    async with store.subscribe() as sub:
+        await store.register("a", {})
+        await store.register("b", {})
+        await store.register("c", {})
+        assert len(await drain(sub, 0.1)) == 3
+        await store.deregister("a")
+        await asyncio.sleep(0.25)  # b and c fall silent
+        await store.register("d", {})  # evicts b and c and joins: one change, one message
+        await store.project_policy(SPEC, 1)
+        await store.project_policy(SPEC, 1)  # stale: nothing
+        records = await drain(sub)
+    assert [(r.reason, r.instance_count) for r in records] == [("leave", 2), ("evict+join", 1), ("policy", 1)]
+    assert records[-1].generation == 1
+    assert records[-1].pools["model-beta"].total_slots == 40
+
+
+async def test_subscription_reconnects_and_resyncs_after_a_redis_restart(
+    fresh_redis_server: RedisServer,
+) -> None:
+    async with RedisStore.from_url(fresh_redis_server.url, "team-a", "chat") as store:
+        await store.register("a", {})
+        async with store.subscribe() as sub:
+            fresh_redis_server.restart(flush=True)  # every connection drops; the data is gone
+            # The instance re-registers on its next heartbeat; the subscriber hears of it either by
+            # the published message or by the record it reads back after resubscribing.
+            for _ in range(50):
+                try:
+                    await store.heartbeat("a")
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.05)
+            record = await asyncio.wait_for(anext(sub), 5)
+            assert record.instance_count == 1
+            assert sub.reconnects == 1
+            await store.register("b", {})
+            nxt = await asyncio.wait_for(anext(sub), 5)
+            while nxt.instance_count == 1:  # the rejoin's own message, if the resync came first
+                nxt = await asyncio.wait_for(anext(sub), 5)
+            assert nxt.instance_count == 2
+
+
+async def test_iteration_stops_after_close(store: RedisStore) -> None:
+    sub = store.subscribe()
+    async with sub:
+        await store.register("a", {})
+        assert (await anext(sub)).instance_count == 1
+    with pytest.raises(StopAsyncIteration):
+        await anext(sub)
