@@ -404,7 +404,9 @@ class AllocationSubscription:
     it is missed. When the connection drops, it reconnects with backoff and then yields the stored
     record, since messages published meanwhile are lost. Records may repeat or arrive after a
     newer one was read from a heartbeat: compare :attr:`AllocationRecord.epoch` (epochs restart
-    when Redis loses its data, with ``reason`` ``resync`` or a join).
+    when Redis loses its data, with ``reason`` ``resync`` or a join). A client with redis-py's own
+    retries on (not :meth:`RedisStore.from_url`'s) may resubscribe silently and skip that read; the
+    heartbeat's read-back still bounds the delay to one interval.
     """
 
     def __init__(
