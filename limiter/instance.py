@@ -40,6 +40,9 @@ log = logging.getLogger("fleet_limiter.instance")
 #: A draw asks for this share of the instance's fair share of a window beyond what it needs now,
 #: so the next jobs fit locally without a round trip. Unused grant goes back every heartbeat.
 PREFETCH_SHARE = 4
+#: A job that asked not to wait still waits this long, in seconds, when only the budget draw (one
+#: Redis round trip) stands between it and a free slot.
+DRAW_GRACE = 2.0
 
 
 class NotReady(AdmissionError):
@@ -236,7 +239,14 @@ class LimiterInstance:
         self.store.instance_timeout_seconds = spec.instance.instance_timeout_seconds
         if first or self.ledger is None or self.manager is None:
             self.ledger = BudgetLedger(spec, mode="granted")
-            self.manager = JobTypeManager(spec, self._allocation(), self.clock, self.ledger, self._on_ticket)
+            self.manager = JobTypeManager(
+                spec,
+                self._allocation(),
+                self.clock,
+                self.ledger,
+                self._on_ticket,
+                budget_grace_seconds=DRAW_GRACE,
+            )
         else:
             self.ledger.update_policy(spec)
             self.manager.set_policy(spec, self._allocation())

@@ -96,8 +96,13 @@ class JobTypeManager:
         clock: Clock,
         gate: BudgetGate | None = None,
         listener: Listener | None = None,
+        budget_grace_seconds: float = 0.0,
     ) -> None:
+        """``budget_grace_seconds``: how long a job that asked not to wait (``wait_seconds=0``) may
+        still wait when a slot is free but the budget must first be drawn from the fleet (one Redis
+        round trip). 0 where budgets are local."""
         self.clock = clock
+        self.budget_grace_seconds = budget_grace_seconds
         self.gate = gate
         self.listener = listener
         self._ids = itertools.count(1)
@@ -191,6 +196,9 @@ class JobTypeManager:
         ticket.seq = int(ticket.id, 16)
         if self._place_now(ticket):
             return ticket
+        if wait <= 0 and ticket.shortfall is not None and self.budget_grace_seconds > 0:
+            wait = self.budget_grace_seconds  # a slot is free: wait only for the budget draw
+            ticket.deadline = now + wait
         if waiting_of_type >= jt.queue.max_waiting or wait <= 0:
             self.stats["rejected_queue_full" if wait > 0 else "rejected_no_wait"] += 1
             raise QueueFull(
