@@ -7,6 +7,7 @@ slot can be had, never a traceback.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -102,6 +103,8 @@ async def errors_as_json(
         return await handler(request)
     except BadRequest as exc:
         return json_error(400, str(exc))
+    except Unauthorized as exc:
+        return json_error(401, str(exc), {"WWW-Authenticate": "Bearer"})
     except NoCapacity as exc:
         return json_error(503, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))})
     except QueueFull as exc:
@@ -199,8 +202,28 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+class Unauthorized(Exception):
+    """A 401: the admin token is missing or wrong."""
+
+
+def require_admin(request: web.Request) -> None:
+    """Admin endpoints need ``Authorization: Bearer <admin token>`` (``--admin-token`` or
+    ``FLEET_LIMITER_ADMIN_TOKEN``); without a configured token they are refused to everyone."""
+    token = request.app[INSTANCE].settings.admin_token
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not token:
+        raise Unauthorized("admin endpoints are disabled: start the instance with --admin-token")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("Authorization: a valid 'Bearer <admin token>' header is required")
+
+
 def build_app(instance: LimiterInstance) -> web.Application:
-    """The aiohttp application serving ``instance``."""
+    """The aiohttp application serving ``instance``.
+
+    Feature modules (the LLM proxy, credit budgets) add their routes through an
+    ``install(app, instance)`` function called here.
+    """
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[INSTANCE] = instance
     app[REGISTRY] = registry_for(instance)
