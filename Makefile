@@ -46,9 +46,11 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format limiter operator tests
 	$(VENV)/bin/ruff check --fix limiter operator tests
 
-## run: the main job on a local default (see README)
+## run: the main job on a local default: a private Redis, a fleet of INSTANCES limiter instances of
+## POLICY, a light stream of jobs and a live view of the allocation (Ctrl-C stops everything)
 run: $(STAMP)
-	$(VENV)/bin/fleet-limiter plan --policy $(POLICY) --instances $(INSTANCES)
+	@bash tools/ensure-deps.sh
+	$(PY) tools/localfleet.py --policy $(POLICY) --instances $(INSTANCES) $(RUN_ARGS)
 
 ## plan: print the allocation of POLICY for INSTANCES instances
 plan: $(STAMP)

@@ -6,6 +6,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -188,6 +189,51 @@ def serve(
         fail(str(exc), code=1)
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def top(
+    url: Annotated[
+        list[str] | None, typer.Option("--url", help="An instance's base URL (repeatable).")
+    ] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="Find the instances in Redis instead.")] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="With --redis: the policy as NS/NAME.")
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """A live view of a fleet: instances, job types, slots, in flight, waiting, pools. Ctrl-C quits."""
+    import asyncio
+
+    from limiter.keys import PolicyKeys
+    from limiter.store import RedisStore
+    from limiter.top import run_top
+
+    if not url and not redis:
+        fail("--url or --redis is needed")
+    if interval <= 0:
+        fail(f"--interval: {interval:g} is not valid: more than 0 seconds")
+    store = None
+    if redis:
+        ns, _, name = (policy or "").partition("/")
+        if not ns or not name:
+            fail(f"--policy: {policy!r} is not valid: expected NAMESPACE/NAME with --redis")
+        try:
+            PolicyKeys(ns, name)
+        except ValueError as exc:
+            fail(str(exc))
+        store = RedisStore.from_url(redis, ns, name)
+
+    async def go() -> None:
+        try:
+            await run_top(url or [], store, interval=interval, frames=1 if once else None)
+        finally:
+            if store is not None:
+                await store.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())
 
 
 def main() -> None:

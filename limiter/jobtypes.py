@@ -367,41 +367,65 @@ class JobTypeManager:
         """Budget shortfalls that currently block waiting jobs (what a fleet adapter should draw)."""
         return [t.shortfall for t in self._waiting.values() if t.shortfall is not None]
 
-    def effective_slots(self) -> dict[str, int]:
-        """Per job type: own slots, minus what it lends, plus what it borrows (summed over models)."""
-        eff: Counter[str] = Counter()
+    def _lending(self) -> tuple[Counter[tuple[str, str]], dict[tuple[str, str], Fraction]]:
+        """Per (job type, model): effective slots (own - lent + borrowed), and the share of the
+        model's capacity moved to (+) or from (-) the type by borrowing.
+
+        Borrowed slots are covered by idle flexible owners in policy order; a lent slot is worth
+        its owner's ``ratio / own slots`` of the model, and borrowers share what was lent in
+        proportion to what they borrowed.
+        """
+        eff: Counter[tuple[str, str]] = Counter()
+        moved: dict[tuple[str, str], Fraction] = {}
         for m in self.models:
-            borrowed_total = 0
+            extra: dict[str, int] = {}
             for j in self.types:
                 own = self.slots.get((j, m), 0)
-                busy = self.in_flight[(j, m)]
-                extra = max(0, busy - own) if j in self.flexible else 0
-                borrowed_total += extra
-                eff[j] += own + extra
+                extra[j] = max(0, self.in_flight[(j, m)] - own) if j in self.flexible else 0
+                eff[(j, m)] = own + extra[j]
+            borrowed_total = sum(extra.values())
+            to_cover, value_lent = borrowed_total, Fraction(0)
             for j in self.types:  # lenders, in policy order, give up idle slots to cover the borrowing
-                if borrowed_total <= 0 or j not in self.flexible:
+                own = self.slots.get((j, m), 0)
+                if to_cover <= 0 or j not in self.flexible or own == 0:
                     continue
-                idle = max(0, self.slots.get((j, m), 0) - self.in_flight[(j, m)])
-                lent = min(idle, borrowed_total)
-                eff[j] -= lent
-                borrowed_total -= lent
-        return {j: eff[j] for j in self.types}
+                lent = min(max(0, own - self.in_flight[(j, m)]), to_cover)
+                eff[(j, m)] -= lent
+                to_cover -= lent
+                worth = self.types[j].exact_ratio * lent / own
+                moved[(j, m)] = moved.get((j, m), Fraction(0)) - worth
+                value_lent += worth
+            for j, n in extra.items():
+                if n:
+                    moved[(j, m)] = moved.get((j, m), Fraction(0)) + value_lent * n / borrowed_total
+        return eff, moved
+
+    def effective_slots(self) -> dict[str, int]:
+        """Per job type: own slots, minus what it lends, plus what it borrows (summed over models)."""
+        eff, _ = self._lending()
+        return {j: sum(eff[(j, m)] for m in self.models) for j in self.types}
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        """``jobTypes`` of ``GET /api/debug/allocation``: ratios, in flight, waiting, slots."""
-        eff = self.effective_slots()
-        total = sum(self.slots.get((j, m), 0) for j in self.types for m in self.models)
+        """``jobTypes`` of ``GET /api/debug/allocation``: ratios, in flight, waiting, slots.
+
+        ``currentRatio`` is the type's effective share of capacity: its ratio, minus what it lends,
+        plus what it borrows, averaged over the models it may use. Idle, it equals ``initialRatio``.
+        """
+        eff, moved = self._lending()
         waiting = Counter(t.job_type for t in self._waiting.values())
         out: dict[str, dict[str, object]] = {}
         for j, jt in self.types.items():
-            current = Fraction(eff[j], total) if total else jt.exact_ratio
+            models = self.spec.models_of(jt)
+            current = jt.exact_ratio + sum(
+                (moved.get((j, m), Fraction(0)) for m in models), Fraction(0)
+            ) / len(models)
             out[j] = {
                 "currentRatio": round(float(current), 6),
                 "initialRatio": jt.ratio,
                 "flexible": jt.flexible,
                 "inFlight": sum(self.in_flight[(j, m)] for m in self.models),
                 "waiting": waiting[j],
-                "allocatedSlots": eff[j],
+                "allocatedSlots": sum(eff[(j, m)] for m in self.models),
                 "ownSlots": sum(self.slots.get((j, m), 0) for m in self.models),
             }
         return out

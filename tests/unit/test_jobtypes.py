@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -219,6 +220,15 @@ def test_leases_expire_and_return_their_slot() -> None:
     assert lease.state == "expired" and waiter.state == "granted"
 
 
+def test_idle_current_ratio_equals_initial_ratio() -> None:
+    from limiter.policy import load_policy
+
+    spec, _ = load_policy(Path(__file__).parents[2] / "examples" / "production.yaml")
+    m = JobTypeManager(spec, compute_allocation(spec, 3), FakeClock())
+    for job, row in m.snapshot().items():
+        assert row["currentRatio"] == row["initialRatio"] == spec.job_type(job).ratio
+
+
 def test_bad_requests_are_named() -> None:
     m, _ = manager(
         FIXED_ISOLATION,
@@ -291,6 +301,10 @@ def check_invariants(m: JobTypeManager) -> None:
     assert all(not t.borrowed for t in m.leases.values() if t.job_type == "fixed")
     # Borrowing never lets flexible in-flight exceed the flexible pool.
     assert busy["f1"] + busy["f2"] <= slots["f1"] + slots["f2"]
+    # Effective shares move between flexible types only, and still add up to the whole.
+    snap = m.snapshot()
+    assert snap["fixed"]["currentRatio"] == 0.4
+    assert abs(sum(float(r["currentRatio"]) for r in snap.values()) - 1) < 1e-5  # type: ignore[arg-type]
     # Owners first: a flexible owner below its share waits only while its slot is lent out.
     for j in ("f1", "f2"):
         if m.waiting(j) and busy[j] < slots[j]:
