@@ -38,13 +38,13 @@ test-long: $(STAMP)
 
 ## lint: ruff and mypy (strict on limiter/)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check limiter operator tests
-	$(VENV)/bin/ruff format --check limiter operator tests
+	$(VENV)/bin/ruff check limiter operator tests bench tools
+	$(VENV)/bin/ruff format --check limiter operator tests bench tools
 	$(VENV)/bin/mypy limiter
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format limiter operator tests
-	$(VENV)/bin/ruff check --fix limiter operator tests
+	$(VENV)/bin/ruff format limiter operator tests bench tools
+	$(VENV)/bin/ruff check --fix limiter operator tests bench tools
 
 ## run: the main job on a local default: a private Redis, a fleet of INSTANCES limiter instances of
 ## POLICY, a light stream of jobs and a live view of the allocation (Ctrl-C stops everything)
