@@ -25,10 +25,12 @@ step() {
   printf '  %-28s ...\n' "$name"
   ( "$@" ) >>"$log" 2>&1 &
   local pid=$!
+  local said=$SECONDS
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
-    if (( (SECONDS - t0) % 30 == 0 )) && kill -0 "$pid" 2>/dev/null; then
+    if (( SECONDS - said >= 30 )) && kill -0 "$pid" 2>/dev/null; then
       printf '  %-28s still running, %ds\n' "$name" $((SECONDS - t0))
+      said=$SECONDS
     fi
   done
   if ! wait "$pid"; then

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -173,6 +174,8 @@ class PodWorker:
             if t is not asyncio.current_task():
                 t.cancel()
         self.agent.addresses.free(self.ip)
+        # the pod's kubeconfig and token go with it (its logs stay, under logs/pods/)
+        shutil.rmtree(self.dir, ignore_errors=True)
         for c in self.init_containers + self.containers:
             self.agent.forget_pid(self.uid, c.name)
         self.finished.set()
