@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,7 @@ class LimiterInstance:
         self._futures: dict[str, asyncio.Future[Ticket]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._draws: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._recent: Counter[tuple[str, str]] = Counter()
         self._pending_charges: list[tuple[str, str, int]] = []
         self._started = asyncio.Event()
@@ -210,9 +211,10 @@ class LimiterInstance:
         if self.manager is not None:
             for t in list(self.manager.leases.values()):
                 self.manager.release(t, expired=True)
-        for task in [*self._tasks, *self._draws.values()]:
+        tasks = [*self._tasks, *self._draws.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._draws.values()]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(StoreUnavailable):
@@ -260,9 +262,17 @@ class LimiterInstance:
         """
         if (record.changed_at_ms, record.epoch) <= (self.record_time_ms, self.epoch):
             return
+        if record.epoch < self.epoch:
+            # A newer record with an older epoch: Redis lost its data (a restart without
+            # persistence). Put back what this instance holds of the current windows, so the
+            # fleet's counters again include every grant already taken.
+            log.warning("Redis lost its data (epoch %d after %d): reconciling", record.epoch, self.epoch)
+            self._spawn(self._recharge_grants())
         self.record_time_ms, self.epoch = record.changed_at_ms, record.epoch
-        if record.generation > self.generation and self.file_spec is None:
-            asyncio.get_running_loop().create_task(self._reload_policy())
+        # Every instance follows the newest generation in Redis, file-started ones too: the file is
+        # only where a policy comes from, so a fleet never runs two generations for long.
+        if record.generation > self.generation:
+            self._spawn(self._reload_policy())
         count = max(1, record.instance_count)
         if count != self.instance_count and self.manager is not None:
             log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, record.reason)
@@ -270,6 +280,12 @@ class LimiterInstance:
             self.allocation_changes += 1
             self.manager.set_allocation(self._allocation())
             self._after_dispatch()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _reload_policy(self) -> None:
         try:
@@ -326,7 +342,7 @@ class LimiterInstance:
                 self._clock_from(reply)
                 if reply.changed:
                     log.warning("instance %s had been evicted; registered again", self.instance_id)
-                if reply.allocation.generation == 0 and self.spec is not None:
+                if reply.allocation.generation == 0:
                     await self._reproject()
                 self._apply_record(reply.allocation)
                 await self._give_back(keep_recent=True)
@@ -343,6 +359,18 @@ class LimiterInstance:
         mine = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         if await self._call(self.store.project_policy(mine, max(1, self.generation))):
             log.warning("Redis had lost the policy: projected generation %d again", self.generation)
+
+    async def _recharge_grants(self) -> None:
+        """Charge the fleet's counters with the grants this instance holds in the current windows."""
+        if self.ledger is None:
+            return
+        for model, per in self.ledger.snapshot(self.clock.now()).items():
+            charges = [(limit, row["capacity"]) for limit, row in per.items() if row["capacity"] > 0]
+            if charges:
+                try:
+                    await self._call(self.store.charge(model, charges))
+                except StoreUnavailable:
+                    self._pending_charges += [(model, limit, amount) for limit, amount in charges]
 
     async def _subscription_loop(self) -> None:
         while not self._stopped:
