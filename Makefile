@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## test: the whole suite (installs what it needs)
-test: $(STAMP)
+## test: the whole suite (installs what it needs, builds the local cluster's binaries once)
+test: $(STAMP) cluster-build
 	@bash tools/ensure-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -32,7 +32,7 @@ test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 ## test-long: the suite plus the slow matrices
-test-long: $(STAMP)
+test-long: $(STAMP) cluster-build
 	@bash tools/ensure-deps.sh
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
