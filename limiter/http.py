@@ -168,28 +168,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 def concurrency(inst: LimiterInstance) -> dict[str, Any]:
-    """The ``concurrency`` section of ``/health``: per-model parallel limits and queues."""
-    from limiter.memory import read_memory
+    """The ``concurrency`` section of ``/health``: the proxy's defaults, proxied models and memory,
+    the same numbers as ``/queue/stats`` and ``/queue/memory``."""
+    from limiter import proxy  # the proxy module imports this one
 
-    mem = read_memory()
-    manager = inst.manager
-    per_model: dict[str, int] = {}
-    queue_limit = 0
-    if manager is not None and inst.spec is not None:
-        for (_, model), n in manager.slots.items():
-            per_model[model] = per_model.get(model, 0) + n
-        queue_limit = max(j.queue.max_waiting for j in inst.spec.job_types)
-    return {
-        "default_parallel": min(per_model.values()) if per_model else 0,
-        "default_queue_limit": queue_limit,
-        "total_models": len(per_model),
-        "parallel_by_model": per_model,
-        "memory": {
-            "total_gb": round(mem.total / 2**30, 3),
-            "available_gb": round(mem.available / 2**30, 3),
-            "source": mem.source,
-        },
-    }
+    return proxy.concurrency(inst)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -236,4 +219,7 @@ def build_app(instance: LimiterInstance) -> web.Application:
     from limiter.credits_http import install as install_credits  # imports this module: import late
 
     install_credits(app, instance)
+    from limiter import proxy  # the proxy module imports this one: import late
+
+    proxy.install(app, instance)
     return app

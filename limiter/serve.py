@@ -31,7 +31,15 @@ async def serve(settings: ServeSettings, spec: PolicySpec | None, namespace: str
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     store = RedisStore.from_url(settings.redis_url, namespace, name)
     instance = LimiterInstance(settings, store, spec)
-    runner = web.AppRunner(build_app(instance), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    # handler_cancellation: a client that disconnects cancels its handler, so a request queued for
+    # a slot leaves the queue and a proxied request stops its upstream call and settles its lease.
+    runner = web.AppRunner(
+        build_app(instance),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        handler_cancellation=True,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
