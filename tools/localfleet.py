@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import Popen
 
 import aiohttp
 from rich.console import Console
@@ -46,10 +47,9 @@ def wait_http(url: str, timeout: float) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return True
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return True
         time.sleep(0.1)
     return False
 
@@ -66,7 +66,9 @@ async def job_stream(urls: list[str], job_types: list[str], stop: asyncio.Event)
                 try:
                     async with client.job(rng.choice(job_types), wait_seconds=2) as lease:
                         await asyncio.sleep(rng.uniform(0.2, 1.5))
-                        lease.report(tokens=max(1, int(lease.reserved.get("tokens", 0) * rng.uniform(0.3, 1.0))))
+                        lease.report(
+                            tokens=max(1, int(lease.reserved.get("tokens", 0) * rng.uniform(0.3, 1.0)))
+                        )
                     done += 1
                 except (LimiterError, aiohttp.ClientError, OSError):
                     refused += 1
@@ -76,82 +78,85 @@ async def job_stream(urls: list[str], job_types: list[str], stop: asyncio.Event)
     return done, refused
 
 
-async def main_async(args: argparse.Namespace, console: Console) -> int:
-    started = time.monotonic()
-    try:
-        spec, meta = load_policy(args.policy)
-    except PolicyError as exc:
-        console.print(f"[red]error:[/] {exc.first_line()}")
-        return 2
+def start_fleet(
+    args: argparse.Namespace, console: Console, started: float
+) -> tuple[list[Popen[bytes]], list[str]]:
+    """A private redis-server and the instances, as processes (stopped by :func:`stop_all`)."""
     redis_bin = shutil.which("redis-server")
     if not redis_bin:
-        console.print("[red]error:[/] redis-server is not installed: run `bash tools/ensure-deps.sh`")
-        return 1
+        raise SystemExit("error: redis-server is not installed: run `bash tools/ensure-deps.sh`")
     RUN.mkdir(exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Popen[bytes]] = []
     redis_port = free_port()
     step(console, started, f"starting a private redis-server on 127.0.0.1:{redis_port}")
-    procs.append(
-        subprocess.Popen(
-            [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(RUN), "--logfile", str(RUN / "redis.log")],
-        )  # fmt: skip
-    )
+    redis_args = ["--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis_args += ["--dir", str(RUN), "--logfile", str(RUN / "redis.log")]
+    procs.append(subprocess.Popen([redis_bin, *redis_args]))
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     urls = []
-    try:
-        time.sleep(0.3)
-        for i in range(args.instances):
-            port = free_port()
-            log = (RUN / f"instance-{i + 1}.log").open("wb")
+    time.sleep(0.3)
+    for i in range(args.instances):
+        port = free_port()
+        with (RUN / f"instance-{i + 1}.log").open("wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [str(EXE), "serve", "--policy", str(args.policy), "--redis", redis_url, "--port", str(port)],
-                    stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        str(EXE),
+                        "serve",
+                        "--policy",
+                        str(args.policy),
+                        "--redis",
+                        redis_url,
+                        "--port",
+                        str(port),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     env={**os.environ, "FLEET_LIMITER_INSTANCE_ID": f"instance-{i + 1}"},
-                )  # fmt: skip
+                )
             )
-            urls.append(f"http://127.0.0.1:{port}")
-            step(console, started, f"instance-{i + 1} on {urls[-1]} (log: .run/instance-{i + 1}.log)")
-        for url in urls:
-            if not await asyncio.to_thread(wait_http, url + "/ready", 20):
-                console.print(f"[red]error:[/] {url} did not become ready; see .run/*.log")
-                return 1
-        step(console, started, f"fleet of {len(urls)} ready for policy {meta.namespace}/{meta.name}; Ctrl-C stops")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        load = None
-        if not args.no_load:
-            load = asyncio.create_task(job_stream(urls, [j.name for j in spec.job_types], stop))
-        frames = None if args.duration is None else max(1, int(args.duration / args.interval))
-        view = asyncio.create_task(run_top(urls, None, interval=args.interval, frames=frames, console=console))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({view, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        view.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await view
-        if load is not None:
-            done, refused = await load
-            step(console, started, f"job stream: {done} jobs completed, {refused} refused or retried")
-        return 0
-    finally:
-        step(console, started, "stopping the fleet (SIGTERM) and Redis")
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        step(console, started, "stopped")
+        urls.append(f"http://127.0.0.1:{port}")
+        step(console, started, f"instance-{i + 1} on {urls[-1]} (log: .run/instance-{i + 1}.log)")
+    return procs, urls
+
+
+def stop_all(procs: list[Popen[bytes]], console: Console, started: float) -> None:
+    step(console, started, "stopping the fleet (SIGTERM) and Redis")
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    step(console, started, "stopped")
+
+
+async def demo(args: argparse.Namespace, urls: list[str], job_types: list[str], console: Console) -> None:
+    """The job stream and the live view, until Ctrl-C, SIGTERM or --duration."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    load = None
+    if not args.no_load:
+        load = asyncio.create_task(job_stream(urls, job_types, stop))
+    frames = None if args.duration is None else max(1, int(args.duration / args.interval))
+    view = asyncio.create_task(run_top(urls, None, interval=args.interval, frames=frames, console=console))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({view, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    view.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await view
+    if load is not None:
+        done, refused = await load
+        console.print(f"job stream: {done} jobs completed, {refused} refused or retried")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--policy", type=Path, default=ROOT / "examples" / "production.yaml")
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -160,7 +165,28 @@ def main() -> int:
     args = parser.parse_args()
     if args.instances < 1:
         parser.error("--instances: at least 1")
-    return asyncio.run(main_async(args, Console()))
+    console = Console()
+    started = time.monotonic()
+    try:
+        spec, meta = load_policy(args.policy)
+    except PolicyError as exc:
+        console.print(f"[red]error:[/] {exc.first_line()}")
+        return 2
+    procs, urls = start_fleet(args, console, started)
+    try:
+        for url in urls:
+            if not wait_http(url + "/ready", 20):
+                console.print(f"[red]error:[/] {url} did not become ready; see .run/*.log")
+                return 1
+        step(
+            console,
+            started,
+            f"fleet of {len(urls)} ready for policy {meta.namespace}/{meta.name}; Ctrl-C stops",
+        )
+        asyncio.run(demo(args, urls, [j.name for j in spec.job_types], console))
+        return 0
+    finally:
+        stop_all(procs, console, started)
 
 
 if __name__ == "__main__":
