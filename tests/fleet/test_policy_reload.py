@@ -34,6 +34,14 @@ def start_from_redis(redis_url: str, name: str, log: BinaryIO) -> tuple[subproce
     return proc, f"http://127.0.0.1:{port}"
 
 
+def answers(url: str) -> bool:
+    try:
+        http("GET", url + "/health", timeout=1)
+    except OSError:
+        return False
+    return True
+
+
 def slots(url: str, job: str) -> int:
     status, doc, _ = http("GET", url + "/api/debug/allocation")
     return (
@@ -51,7 +59,9 @@ async def test_pod_mode_waits_for_the_projection_and_applies_new_generations_liv
     log = (tmp_path / "pod.log").open("wb")
     proc, url = start_from_redis(redis_server.url, "live", log)
     try:
-        await asyncio.sleep(1.0)
+        # Listening, but not ready: nothing is projected yet.
+        wait_until(lambda: answers(url), timeout=15)
+        await asyncio.sleep(0.5)
         status, doc, _ = http("GET", url + "/ready")
         assert status == 503 and "waiting for the operator to project the policy" in doc["reason"]
         async with RedisStore.from_url(redis_server.url, "team-a", "live") as store:
