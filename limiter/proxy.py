@@ -36,7 +36,7 @@ from limiter.memory import DEFAULT_BUDGET_SHARE, MemoryInfo, read_memory
 from limiter.metrics import ProxyCollector
 from limiter.modelqueues import ModelQueue
 from limiter.policy import ModelSpec, PolicySpec
-from limiter.upstream import UpstreamKeyMissing, api_key, forward
+from limiter.upstream import UpstreamKeyMissing, api_key, error_response, forward
 from limiter.wire import ROUTES, Route, estimate_tokens, wants_stream, with_stream_usage
 
 log = logging.getLogger("fleet_limiter.proxy")
@@ -208,19 +208,20 @@ class Proxy:
         """One proxied request, from body to settled lease."""
         raw = await _read_limited(request)
         if raw is None:
-            return json_error(413, f"body: larger than {MAX_PROXY_BODY_BYTES} bytes")
+            return error_response(route.api, 413, f"body: larger than {MAX_PROXY_BODY_BYTES} bytes")
         body = _json_object(raw)
         spec = self.instance.spec
         if spec is None or self.session is None:
-            return json_error(503, "the instance has not joined the fleet yet", {"Retry-After": "1"})
+            return error_response(
+                route.api, 503, "the instance has not joined the fleet yet", {"Retry-After": "1"}
+            )
         model = self._model(spec, body, route)
         job_type = self._job_type(spec, request, model)
         try:
             key = api_key(model)
         except UpstreamKeyMissing as exc:
-            return json_error(
-                502, f"model '{model.name}': the upstream's API key variable {exc.variable} is not set"
-            )
+            message = f"model '{model.name}': the upstream's API key variable {exc.variable} is not set"
+            return error_response(route.api, 502, message)
         stream = wants_stream(route, body)
         payload, strip_usage = raw, False
         if stream and route.api == "openai":
@@ -236,7 +237,7 @@ class Proxy:
             ticket = await self.admit(q, job_type, {"tokens": tokens, "requests": 1})
         except Rejected as exc:
             retry = str(max(RETRY_AFTER_MIN, math.ceil(exc.retry_after)))
-            return json_error(503, exc.message, {"Retry-After": retry}, model=model.name)
+            return error_response(route.api, 503, exc.message, {"Retry-After": retry}, model=model.name)
         started = loop.time()
         q.wait.observe(started - arrived)
         q.tokens["estimated"] += tokens
@@ -409,7 +410,9 @@ def _route_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Stream
         try:
             return await request.app[PROXY].handle(request, route)
         except NotFound as exc:
-            return json_error(404, str(exc))
+            return error_response(route.api, 404, str(exc))
+        except BadRequest as exc:
+            return error_response(route.api, 400, str(exc))
 
     handler.__name__ = f"proxy_{route.kind}_{route.api}"
     return handler

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +25,7 @@ from yarl import URL
 
 from limiter.instance import dumps
 from limiter.policy import ModelSpec
-from limiter.wire import NdjsonRelay, Route, SseRelay, usage_from_json
+from limiter.wire import Api, NdjsonRelay, Route, SseRelay, usage_from_json
 
 UPSTREAM_KEY_PREFIX = "FLEET_LIMITER_UPSTREAM_KEY_"
 #: Response headers passed from the upstream to the client (others are the proxy's own business).
@@ -106,20 +107,39 @@ class Forwarded:
         return out
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    502: "upstream_error",
+    503: "overloaded_error",
+    504: "upstream_timeout",
+}
+
+
+def error_response(
+    api: Api, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """A JSON error in the client's wire format: OpenAI's ``{"error": {"message", "type", "code"}}``
+    (what OpenAI SDKs show in their exceptions) or Ollama's ``{"error": message}``; both with
+    ``status``."""
+    error: Any = message
+    if api == "openai":
+        error = {"message": message, "type": ERROR_TYPES.get(status, "error"), "code": status}
     return web.Response(
-        text=dumps({"error": message, "status": status}),
+        text=dumps({"error": error, "status": status, **extra}),
         status=status,
         content_type="application/json",
         headers=headers,
     )
 
 
-def _passed_headers(up: aiohttp.ClientResponse) -> dict[str, str]:
+def _passed_headers(up: aiohttp.ClientResponse, content_type: bool = True) -> dict[str, str]:
     return {
         k: v
         for k, v in up.headers.items()
-        if k.lower() in PASSED_HEADERS or k.lower().startswith(PASSED_PREFIXES)
+        if (k.lower() in PASSED_HEADERS or k.lower().startswith(PASSED_PREFIXES))
+        and (content_type or k.lower() != "content-type")
     }
 
 
@@ -153,17 +173,25 @@ async def forward(
             raw = await up.read()
     except TimeoutError:
         message = f"{where} did not answer within {upstream.timeout_seconds:g} s (upstream.timeoutSeconds)"
-        return Forwarded(_error(504, message), "timeout", reached=True)
+        return Forwarded(error_response(route.api, 504, message), "timeout", reached=True)
     except aiohttp.ClientConnectorError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        return Forwarded(_error(502, f"cannot connect to {where}: {reason}"), "unreachable", reached=False)
+        return Forwarded(
+            error_response(route.api, 502, f"cannot connect to {where}: {reason}"),
+            "unreachable",
+            reached=False,
+        )
     except aiohttp.ClientError as exc:
         message = f"{where} closed the connection before answering ({exc.__class__.__name__})"
-        return Forwarded(_error(502, message), "upstream_error", reached=True)
+        return Forwarded(error_response(route.api, 502, message), "upstream_error", reached=True)
     if up.status >= 500:
         quote = raw[:QUOTE_BYTES].decode("utf-8", "replace")
         message = f"{where} answered {up.status}: {quote}"
-        return Forwarded(_error(502, message, _passed_headers(up)), "upstream_error", reached=True)
+        return Forwarded(
+            error_response(route.api, 502, message, _passed_headers(up, content_type=False)),
+            "upstream_error",
+            reached=True,
+        )
     response = web.Response(body=raw, status=up.status, headers=_passed_headers(up))
     if up.status == 429:
         return Forwarded(response, "upstream_429", reached=True)

@@ -1,0 +1,143 @@
+"""Fixtures for proxy tests: real `fleet-limiter serve` processes (tests/fleet's helpers) in front
+of the stand-in LLM server (tests/fakes/llm_server.py), all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakes.llm_server import FakeLLMServer
+from tests.fleet.conftest import Fleet, Instance, fleet, redis_server, wait_until  # noqa: F401
+from tests.support.redis_server import RedisServer
+
+ADMIN_TOKEN = "proxy-tests-admin-token"
+ENV = {"FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN}
+
+
+def model(
+    name: str, url: str, protocol: str = "openai", limits: dict[str, int] | None = None, **upstream: Any
+) -> dict[str, Any]:
+    """A policy model forwarded to ``url``."""
+    return {
+        "name": name,
+        "limits": limits or {"maxConcurrentRequests": 8},
+        "upstream": {"url": url, "protocol": protocol, **upstream},
+    }
+
+
+def spec(
+    models: list[dict[str, Any]], job_types: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A policy spec with one job type (``chat``) unless told otherwise."""
+    return {
+        "models": models,
+        "jobTypes": job_types or [{"name": "chat", "ratio": 1.0, "estimate": {"tokens": 500}}],
+        **extra,
+    }
+
+
+def stats(inst: Instance, name: str) -> dict[str, Any]:
+    """One model's entry of /queue/stats."""
+    return inst.get(f"/queue/stats?model={name}")["models"][name]  # type: ignore[no-any-return]
+
+
+def in_flight(inst: Instance) -> int:
+    """Leases held on the instance, over all job types."""
+    return sum(j["inFlight"] for j in inst.allocation()["jobTypes"].values())
+
+
+def settled(inst: Instance, name: str) -> None:
+    """Wait until the model has nothing active or queued and every lease is back."""
+    wait_until(
+        lambda: (
+            (s := stats(inst, name))["active_requests"] == 0
+            and s["queued_requests"] == 0
+            and in_flight(inst) == 0
+        ),
+        timeout=10,
+    )
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    """A stand-in LLM server of this test's own."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_llm() -> Iterator[FakeLLMServer]:
+    """A stand-in LLM server shared by a module's tests (each test uses models of its own)."""
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_fleet(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Fleet]:  # noqa: F811
+    """A fleet shared by a module's tests."""
+    redis_server.start()
+    f = Fleet(tmp_path_factory.mktemp("proxy-fleet"), redis_server.url)
+    yield f
+    f.close()
+
+
+@dataclass
+class Answer:
+    """One HTTP answer, timed."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def post(
+    session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None
+) -> Answer:
+    """POST a JSON body and read the whole answer."""
+    start = time.monotonic()
+    async with session.post(url, json=body, headers=headers) as resp:
+        raw = await resp.read()
+        return Answer(resp.status, dict(resp.headers), raw, time.monotonic() - start)
+
+
+async def burst(url: str, body: Any, n: int, headers: dict[str, str] | None = None) -> list[Answer]:
+    """``n`` concurrent POSTs; each must end within 30 s (no request may hang)."""
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        return list(await asyncio.gather(*(post(session, url, body, headers) for _ in range(n))))
+
+
+def admin(token: str | None = ADMIN_TOKEN) -> dict[str, str]:
+    """Headers for an admin call (no Authorization when ``token`` is None)."""
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
+def admin_update(
+    inst: Instance, body: Any, token: str | None = ADMIN_TOKEN
+) -> tuple[int, Any, dict[str, str]]:
+    """POST /admin/queue/update."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(
+        inst.url + "/admin/queue/update",
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", **admin(token)},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
