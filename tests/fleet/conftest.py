@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.redis_server import RedisServer, RedisServerMissing, free_port
+from tests.support.redis_server import RedisServer, free_port, new_server
 
 EXE = Path(sys.executable).with_name("fleet-limiter")
 
@@ -122,22 +122,14 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.02
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """The session's private redis-server (tests use distinct policy names, or flush)."""
-    try:
-        server = RedisServer()
-    except RedisServerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with server:
+    with new_server() as server:
         yield server
 
 
 @pytest.fixture
 def fresh_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own, for tests that restart it."""
-    try:
-        server = RedisServer()
-    except RedisServerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with server:
+    with new_server() as server:
         yield server
 
 

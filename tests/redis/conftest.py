@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from limiter.store import RedisStore
-from tests.support.redis_server import RedisServer, RedisServerMissing
+from tests.support.redis_server import RedisServer, new_server
 
 #: A small policy: TPM 100K shared by a (10K tokens, 0.6) and b (5K, 0.4), plus RPM on a second model.
 SPEC: dict[str, Any] = {
@@ -27,14 +27,6 @@ SPEC: dict[str, Any] = {
     ],
     "instance": {"heartbeatSeconds": 0.1, "instanceTimeoutSeconds": 5},
 }
-
-
-def new_server(**kwargs: Any) -> RedisServer:
-    """A RedisServer, or a test failure naming how to install redis-server."""
-    try:
-        return RedisServer(**kwargs)
-    except RedisServerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

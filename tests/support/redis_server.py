@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 MISSING_MESSAGE = (
     "redis-server is not installed (not found on PATH). The Redis tests start their own private "
@@ -251,3 +252,13 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def new_server(**kwargs: Any) -> RedisServer:
+    """A RedisServer for a test, or a test failure naming how to install redis-server (never a skip)."""
+    import pytest
+
+    try:
+        return RedisServer(**kwargs)
+    except RedisServerMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
