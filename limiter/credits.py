@@ -14,6 +14,10 @@ The Python API the LLM proxy uses (see docs/credits.md)::
     try: ...forward, read usage...
     finally: await credits.settle(api_key, held.reservation_id, actual_tokens)
 
+Concurrency: at most ``max_in_flight`` calls of one store are at Redis at once; more wait their
+turn in the process. The client is shared with the instance's heartbeat and budget draws, and
+redis-py refuses (rather than queues) a call beyond its pool's size (100 connections by default).
+
 Retries: like :class:`limiter.store.RedisStore`, a call that fails on a connection error is sent
 once more on a fresh connection only if running it twice cannot charge twice: reads, put, delete,
 settle (its answer is remembered) and consume / reserve *with* a request id. A consume without one
@@ -22,6 +26,7 @@ is never repeated: its reply may have been lost after it ran.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
 import weakref
@@ -91,15 +96,18 @@ class CreditStore:
         name: str,
         *,
         request_ttl_seconds: int = REQUEST_TTL_SECONDS,
+        max_in_flight: int = 64,
         owns_client: bool = False,
     ) -> None:
-        """``request_ttl_seconds``: how long answers are remembered for idempotent retries."""
+        """``request_ttl_seconds``: how long answers are remembered for idempotent retries.
+        ``max_in_flight``: calls at Redis at once; keep it below the client's pool size."""
         self.keys = PolicyKeys(namespace, name)
         self.request_ttl_ms = (
             check_amount("request_ttl_seconds", request_ttl_seconds, maximum=MAX_SECONDS) * 1000
         )
         self._client = client
         self._owns_client = owns_client
+        self._in_flight = asyncio.Semaphore(check_amount("max_in_flight", max_in_flight, maximum=10_000))
         self._scripts: dict[str, AsyncScript] = {n: client.register_script(script_source(n)) for n in SCRIPTS}
         kwargs = client.connection_pool.connection_kwargs
         self.server = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
@@ -132,7 +140,8 @@ class CreditStore:
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]], *, retry: bool) -> T:
         for attempt in (1, 2):
             try:
-                return await call()
+                async with self._in_flight:
+                    return await call()
             except UNAVAILABLE as exc:
                 # A pooled connection the server closed (a restart) fails on first use; only calls
                 # that are safe to run twice go again, and never after a timeout.
