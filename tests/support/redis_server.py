@@ -2,7 +2,8 @@
 
 Never a shared system service: each :class:`RedisServer` runs its own process, which tests may stop,
 restart on the same port (outages), or kill. ``appendonly=True`` starts it with an append-only
-file in its directory for durability tests (a restart then reloads the data); ``cluster=True``
+file in its directory for durability tests (a restart then reloads the data), flushed to disk as
+``appendfsync`` says (Redis's default, ``everysec``, unless given); ``cluster=True``
 starts a one-node Redis Cluster that owns every slot, so cross-slot mistakes fail as they would
 in production.
 """
@@ -96,9 +97,17 @@ def _complete(data: bytes) -> bool:
 class RedisServer:
     """One private redis-server process on 127.0.0.1."""
 
-    def __init__(self, *, appendonly: bool = False, cluster: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        cluster: bool = False,
+        port: int | None = None,
+        appendfsync: str | None = None,
+    ) -> None:
         self.executable = find_redis_server()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.cluster = cluster
         self.host = "127.0.0.1"
         self.port = port or free_port(cluster=cluster)
@@ -126,6 +135,8 @@ class RedisServer:
             "--daemonize", "no",
             "--databases", "16",
         ]  # fmt: skip
+        if self.appendfsync is not None:
+            args += ["--appendfsync", self.appendfsync]  # always | everysec | no
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf")]
         return args

@@ -1,0 +1,58 @@
+"""An acknowledged consume survives a Redis crash with the append-only file on (docs/credits.md,
+"Durability"): Redis runs with appendonly yes and appendfsync always, as the chart's credits
+setting does, is killed with SIGKILL (nothing flushed at shutdown) and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.credits.conftest import call, new_key, new_server, put_key, start_nodes
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
+
+
+async def test_acknowledged_consumes_survive_a_redis_crash(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    with new_server(appendonly=True, appendfsync="always") as redis:
+        assert b"always" in redis.command("CONFIG", "GET", "appendfsync")
+        nodes = start_nodes(tmp_path, redis.url, 1, "credits-durable")
+        try:
+            base = nodes.url(0)
+            key = new_key("durable")
+            await put_key(session, base, key, credits=100)
+            for i in range(7):
+                body = {"cost": 3, **({"requestId": "last"} if i == 6 else {})}
+                status, doc, _ = await call(session, "POST", f"{base}/api/keys/{key}/consume", body)
+                assert status == 200 and doc["remaining"] == 100 - 3 * (i + 1)
+            status, held, _ = await call(
+                session, "POST", f"{base}/api/keys/{key}/reservations", {"amount": 10}
+            )
+            assert status == 200
+
+            redis.kill()  # a crash: only what appendfsync already wrote survives
+            redis.start()
+
+            deadline = time.monotonic() + 20
+            while True:  # the instance reconnects by itself; allow a 503 while it does
+                status, state, _ = await call(session, "GET", f"{base}/api/keys/{key}", admin=True)
+                if status == 200 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert status == 200, state
+            assert (state["remaining"], state["reserved"], state["totals"]["consumed"]) == (69, 10, 21)
+            # The idempotency record and the reservation survived too.
+            status, doc, _ = await call(
+                session, "POST", f"{base}/api/keys/{key}/consume", {"cost": 3, "requestId": "last"}
+            )
+            assert status == 200 and doc["replayed"] is True and doc["remaining"] == 79
+            settle = f"{base}/api/keys/{key}/reservations/{held['reservationId']}/settle"
+            status, doc, _ = await call(session, "POST", settle, {"actual": 4})
+            assert status == 200 and doc["remaining"] == 75
+        finally:
+            nodes.fleet.close()
