@@ -223,18 +223,24 @@ async def _relay(
         if not chunk:
             break
         out = relay.feed(chunk)
-        if out:
-            await response.write(out)
+        try:
+            if out:
+                await response.write(out)
+        except ConnectionResetError:  # the client went away (without handler cancellation)
+            return Forwarded(response, "client_gone", reached=True, tokens=relay.tokens, streamed=True)
     rest = relay.finish()
-    if rest:
-        await response.write(rest)
     if broken is not None:
         # Headers are gone already: the client learns of the failure in its own wire format.
         if route.api == "openai":
             event = {"error": {"message": broken, "type": "upstream_error", "code": 502}}
-            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            rest += b"data: " + json.dumps(event).encode() + b"\n\n"
         else:
-            await response.write(json.dumps({"error": broken}).encode() + b"\n")
-    await response.write_eof()
+            rest += json.dumps({"error": broken}).encode() + b"\n"
+    try:
+        if rest:
+            await response.write(rest)
+        await response.write_eof()
+    except ConnectionResetError:
+        return Forwarded(response, "client_gone", reached=True, tokens=relay.tokens, streamed=True)
     outcome = "ok" if broken is None else "upstream_error"
     return Forwarded(response, outcome, reached=True, tokens=relay.tokens, streamed=True)

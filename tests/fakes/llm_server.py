@@ -16,6 +16,7 @@ most requests it ever had in flight per model, so tests can check what reached "
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -62,13 +63,13 @@ class Recorded:
 class FakeLLMServer:
     """The stand-in server; use as a context manager, or :meth:`start` and :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.default = Behaviour()
         self.behaviours: dict[str, Behaviour] = {}
         self.requests: list[Recorded] = []
         self.in_flight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
-        self.port = 0
+        self.port = port
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -118,7 +119,7 @@ class FakeLLMServer:
             app.router.add_post(path, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
@@ -300,3 +301,24 @@ class FakeLLMServer:
             final |= {"prompt_eval_count": how.prompt_tokens, "eval_count": how.completion_tokens}
         lines.append(final)
         return [json.dumps(x).encode() + b"\n" for x in lines]
+
+
+def main() -> None:
+    """Serve in the foreground (benchmarks run the fake in a process of its own):
+    ``python -P tests/fakes/llm_server.py [--port N]``; prints its URL, runs until SIGTERM."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="FakeLLMServer: a stand-in LLM server for tests")
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeLLMServer(port=args.port) as server:
+        print(server.url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()
