@@ -19,27 +19,22 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from limiter.allocation import Allocation, compute_allocation
-from limiter.budgets import BudgetLedger
 from limiter.clock import SystemClock
-from limiter.fleetbudget import BudgetAsk
-from limiter.jobtypes import AdmissionError, JobTypeManager, QueueFull, Ticket
+from limiter.grants import GrantKeeper
+from limiter.jobtypes import AdmissionError, JobTypeManager, Ticket
 from limiter.membership import AllocationRecord, MembershipReply
 from limiter.memory import default_budget_kb
-from limiter.policy import WINDOW_LIMITS, PolicySpec
+from limiter.policy import PolicySpec
 from limiter.settings import ServeSettings
 from limiter.store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("fleet_limiter.instance")
 
-#: A draw asks for this share of the instance's fair share of a window beyond what it needs now,
-#: so the next jobs fit locally without a round trip. Unused grant goes back every heartbeat.
-PREFETCH_SHARE = 4
 #: A job that asked not to wait still waits this long, in seconds, when only the budget draw (one
 #: Redis round trip) stands between it and a free slot.
 DRAW_GRACE = 2.0
@@ -101,14 +96,11 @@ class LimiterInstance:
         self.draining = False
         self.redis = RedisHealth()
         self.allocation_changes = 0
-        self.ledger: BudgetLedger | None = None
+        self.grants: GrantKeeper | None = None
         self.manager: JobTypeManager | None = None
         self._futures: dict[str, asyncio.Future[Ticket]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._draws: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._recent: Counter[tuple[str, str]] = Counter()
-        self._pending_charges: list[tuple[str, str, int]] = []
         self._started = asyncio.Event()
         self._stopped = False
         self.redis_commands = 0
@@ -211,14 +203,14 @@ class LimiterInstance:
         if self.manager is not None:
             for t in list(self.manager.leases.values()):
                 self.manager.release(t, expired=True)
-        tasks = [*self._tasks, *self._draws.values(), *self._background]
+        if self.grants is not None:
+            await self.grants.stop()
+        tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(StoreUnavailable):
-            await self._give_back(keep_recent=False)
 
     # -- policy and allocation -------------------------------------------------------------------------
 
@@ -239,18 +231,19 @@ class LimiterInstance:
         first = self.spec is None
         self.spec, self.generation = spec, generation
         self.store.instance_timeout_seconds = spec.instance.instance_timeout_seconds
-        if first or self.ledger is None or self.manager is None:
-            self.ledger = BudgetLedger(spec, mode="granted")
+        if first or self.grants is None or self.manager is None:
+            self.grants = GrantKeeper(spec, self.store, self.clock, self._call)
             self.manager = JobTypeManager(
                 spec,
                 self._allocation(),
                 self.clock,
-                self.ledger,
+                self.grants.ledger,
                 self._on_ticket,
                 budget_grace_seconds=DRAW_GRACE,
             )
+            self.grants.manager = self.manager
         else:
-            self.ledger.update_policy(spec)
+            self.grants.update_policy(spec)
             self.manager.set_policy(spec, self._allocation())
             self._after_dispatch()
 
@@ -267,7 +260,8 @@ class LimiterInstance:
             # persistence). Put back what this instance holds of the current windows, so the
             # fleet's counters again include every grant already taken.
             log.warning("Redis lost its data (epoch %d after %d): reconciling", record.epoch, self.epoch)
-            self._spawn(self._recharge_grants())
+            if self.grants is not None:
+                self._spawn(self.grants.recharge())
         self.record_time_ms, self.epoch = record.changed_at_ms, record.epoch
         # Every instance follows the newest generation in Redis, file-started ones too: the file is
         # only where a policy comes from, so a fleet never runs two generations for long.
@@ -277,6 +271,8 @@ class LimiterInstance:
         if count != self.instance_count and self.manager is not None:
             log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, record.reason)
             self.instance_count = count
+            if self.grants is not None:
+                self.grants.instance_count = count
             self.allocation_changes += 1
             self.manager.set_allocation(self._allocation())
             self._after_dispatch()
@@ -345,8 +341,9 @@ class LimiterInstance:
                 if reply.allocation.generation == 0:
                     await self._reproject()
                 self._apply_record(reply.allocation)
-                await self._give_back(keep_recent=True)
-                await self._retry_charges()
+                if self.grants is not None:
+                    await self.grants.give_back(keep_recent=True)
+                    await self.grants.charge_pending()
             except StoreUnavailable:
                 pass
             except Exception:  # a bug must not stop the heartbeat: log it and keep beating
@@ -359,18 +356,6 @@ class LimiterInstance:
         mine = self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         if await self._call(self.store.project_policy(mine, max(1, self.generation))):
             log.warning("Redis had lost the policy: projected generation %d again", self.generation)
-
-    async def _recharge_grants(self) -> None:
-        """Charge the fleet's counters with the grants this instance holds in the current windows."""
-        if self.ledger is None:
-            return
-        for model, per in self.ledger.snapshot(self.clock.now()).items():
-            charges = [(limit, row["capacity"]) for limit, row in per.items() if row["capacity"] > 0]
-            if charges:
-                try:
-                    await self._call(self.store.charge(model, charges))
-                except StoreUnavailable:
-                    self._pending_charges += [(model, limit, amount) for limit, amount in charges]
 
     async def _subscription_loop(self) -> None:
         while not self._stopped:
@@ -391,94 +376,18 @@ class LimiterInstance:
             if self.manager is not None:
                 self.manager.expire()
 
-    # -- budgets ----------------------------------------------------------------------------------------
+    # -- leases -------------------------------------------------------------------------------------------
 
     def _after_dispatch(self) -> None:
-        """Start a draw for every model whose window budget blocks waiting work."""
-        if self.manager is None or self._stopped:
-            return
-        for shortfall in self.manager.shortfalls():
-            task = self._draws.get(shortfall.model)
-            if task is None or task.done():
-                self._draws[shortfall.model] = asyncio.get_running_loop().create_task(
-                    self._draw_loop(shortfall.model), name=f"draw:{shortfall.model}"
-                )
-
-    def _needs(self, model: str) -> dict[str, int]:
-        assert self.manager is not None
-        needs: dict[str, int] = {}
-        for s in self.manager.shortfalls():
-            if s.model == model:
-                for dim, n in s.needs.items():
-                    needs[dim] = max(needs.get(dim, 0), n)
-        return needs
-
-    async def _draw_loop(self, model: str) -> None:
-        assert self.spec is not None and self.ledger is not None and self.manager is not None
-        while not self._stopped:
-            needs = self._needs(model)
-            if not needs:
-                return
-            limits = self.spec.model(model).limits.as_dict()
-            asks = []
-            for dim, need in needs.items():
-                limit = limits[dim]
-                need = min(need, limit)
-                prefetch = math.ceil(limit / self.instance_count / PREFETCH_SHARE)
-                asks.append(BudgetAsk(dim, limit, need, min(limit, max(need, need + prefetch))))
-            try:
-                grant = await self._call(self.store.draw(model, asks))
-            except StoreUnavailable:
-                await asyncio.sleep(self.spec.instance.heartbeat_seconds)
-                continue
-            now = self.clock.now()
-            if grant.ok:
-                for d in grant.dimensions:
-                    self.ledger.add_grant(model, d.dimension, d.window_id, d.granted, now)
-                self.manager.dispatch()
-                continue
-            # The fleet's window is spent: others may give budget back on their heartbeat, and the
-            # window ends at retry_after at the latest.
-            await asyncio.sleep(min(grant.retry_after_ms / 1000, self.spec.instance.heartbeat_seconds) + 0.01)
-            self.manager.dispatch()
-
-    async def _give_back(self, keep_recent: bool) -> None:
-        if self.ledger is None:
-            return
-        keep: dict[str, dict[str, int]] = {}
-        if keep_recent:
-            for (model, dim), amount in self._recent.items():
-                keep.setdefault(model, {})[dim] = amount
-        self._recent.clear()
-        rows = self.ledger.take_surplus(self.clock.now(), keep)
-        by_model: dict[str, list[tuple[str, int, int]]] = {}
-        for model, dim, window, amount in rows:
-            by_model.setdefault(model, []).append((dim, window, amount))
-        for model, refunds in by_model.items():
-            await self._call(self.store.give_back(model, refunds))
-
-    async def _retry_charges(self) -> None:
-        pending, self._pending_charges = self._pending_charges, []
-        by_model: dict[str, list[tuple[str, int]]] = {}
-        for model, dim, amount in pending:
-            by_model.setdefault(model, []).append((dim, amount))
-        for model, charges in by_model.items():
-            try:
-                await self._call(self.store.charge(model, charges))
-            except StoreUnavailable:
-                self._pending_charges += [(model, d, a) for d, a in charges]
-
-    # -- leases -------------------------------------------------------------------------------------------
+        if self.grants is not None and not self._stopped:
+            self.grants.after_dispatch()
 
     def _on_ticket(self, ticket: Ticket) -> None:
         fut = self._futures.get(ticket.id)
         if fut is not None and not fut.done():
             fut.set_result(ticket)
-        if ticket.state == "granted" and ticket.reservation is not None:
-            # What this instance spent since the last heartbeat is what it keeps of its grant.
-            for limit in ticket.reservation.windows:
-                field = WINDOW_LIMITS[limit][0]
-                self._recent[(ticket.reservation.model, limit)] += ticket.reservation.amounts.get(field, 0)
+        if ticket.state == "granted" and ticket.reservation is not None and self.grants is not None:
+            self.grants.note_reserved(ticket.reservation)
 
     def _ready_manager(self) -> JobTypeManager:
         if self.draining:
@@ -531,18 +440,11 @@ class LimiterInstance:
             return max(1.0, ticket.shortfall.retry_at - self.clock.now())
         return 1.0
 
-    def retry_after_for_queue_full(self, exc: QueueFull) -> float:
-        """Retry-After for a full queue: a second (slots free as jobs end)."""
-        del exc
-        return 1.0
-
     def _release_now(self, ticket: Ticket, actual: Mapping[str, int] | None) -> dict[str, Any]:
-        assert self.manager is not None and self.ledger is not None
+        assert self.manager is not None and self.grants is not None
         settlement = None
         if ticket.reservation is not None and ticket.reservation.windows:
-            settlement = self.ledger.settle(ticket.reservation, dict(actual or {}), self.clock.now())
-            for dim, amount in settlement.over_grant.items():
-                self._pending_charges.append((ticket.reservation.model, dim, amount))
+            settlement = self.grants.settle(ticket.reservation, actual or {})
         self.manager.release(ticket)
         self._after_dispatch()
         return {
@@ -562,9 +464,8 @@ class LimiterInstance:
         if ticket is None:
             raise UnknownLease(f"leaseId: unknown lease '{lease_id}' (never granted, released, or expired)")
         result = self._release_now(ticket, actual)
-        if self._pending_charges and self.redis.connected:
-            with contextlib.suppress(StoreUnavailable):
-                await self._retry_charges()
+        if self.grants is not None and self.grants.charges_pending and self.redis.connected:
+            await self.grants.charge_pending()
         return result
 
     # -- reporting -----------------------------------------------------------------------------------------
@@ -587,7 +488,7 @@ class LimiterInstance:
             "generation": self.generation,
             "epoch": self.epoch,
             "memoryBudgetKB": alloc.memory_budget_kb,
-            "budgets": self.ledger.snapshot(self.clock.now()) if self.ledger else {},
+            "budgets": self.grants.ledger.snapshot(self.clock.now()) if self.grants else {},
         }
 
     def ready(self) -> tuple[bool, str]:

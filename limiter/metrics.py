@@ -79,13 +79,13 @@ class InstanceCollector(Collector):
         for outcome, n in sorted(manager.stats.items()):
             decisions.add_metric([outcome], n)
         yield decisions
-        if inst.ledger is not None:
+        if inst.grants is not None:
             remaining = GaugeMetricFamily(
                 "fleet_limiter_budget_held_remaining",
                 "Window budget this instance holds and has not spent, per model and limit.",
                 labels=["model", "limit"],
             )
-            for model, per in inst.ledger.snapshot(inst.clock.now()).items():
+            for model, per in inst.grants.ledger.snapshot(inst.clock.now()).items():
                 for limit, usage in per.items():
                     remaining.add_metric([model, limit], usage["remaining"])
             yield remaining
