@@ -1,0 +1,70 @@
+"""Every benchmark, one after the other, with progress lines (what `make bench` runs).
+
+    python -P bench/run_all.py [--smoke] [--peers LIST] [--results-dir DIR]
+
+1. install or build the peers into ~/.cache/fleet-limiter/peers (bench/peers/install.py; minutes
+   the first time, nothing afterwards);
+2. bench/fleet.py: fleet-limiter's own latency, decisions/s, convergence, Redis commands per job;
+3. bench/peers/compare.py: fleet-limiter side by side with envoyproxy/ratelimit, the LiteLLM proxy
+   and the limits library.
+
+``--smoke`` runs tiny durations and, unless ``--peers`` says otherwise, only the peers that need no
+build (fleet-limiter and limits). Exits non-zero if any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def step(title: str, cmd: list[str], started: float) -> bool:
+    print(f"[{time.monotonic() - started:7.1f}s] == {title}: {' '.join(cmd[1:])}", flush=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    ok = code == 0
+    print(
+        f"[{time.monotonic() - started:7.1f}s] == {title}: {'done' if ok else f'FAILED (exit {code})'}",
+        flush=True,
+    )
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="run every benchmark")
+    parser.add_argument("--smoke", action="store_true", help="tiny durations, to check everything runs")
+    parser.add_argument("--peers", default=None, help="passed to bench/peers/compare.py (default: all)")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default bench/results")
+    args = parser.parse_args()
+    py = [sys.executable, "-P"]
+    common = ["--smoke"] if args.smoke else []
+    if args.results_dir is not None:
+        common += ["--results-dir", str(args.results_dir)]
+    peers = args.peers or ("fleet-limiter,limits" if args.smoke else "all")
+    wanted = (
+        ["limits", "litellm", "ratelimit"]
+        if peers == "all"
+        else [p for p in peers.split(",") if p != "fleet-limiter"]
+    )
+    started = time.monotonic()
+    results = {}
+    results["install peers"] = step(
+        "install peers", [*py, str(BENCH / "peers" / "install.py"), *wanted], started
+    )
+    results["fleet"] = step("fleet benchmark", [*py, str(BENCH / "fleet.py"), *common], started)
+    results["peers"] = step(
+        "peers side by side", [*py, str(BENCH / "peers" / "compare.py"), *common, "--peers", peers], started
+    )
+    failed = [name for name, ok in results.items() if not ok]
+    verdict = "FAILED: " + ", ".join(failed) if failed else "done"
+    print(f"[{time.monotonic() - started:7.1f}s] all benchmarks: {verdict}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
