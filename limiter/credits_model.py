@@ -23,8 +23,9 @@ MAX_CREDITS = 10**12
 MAX_SECONDS = 10 * 365 * 86400
 #: How long an allowed consume or reserve is remembered under its request id, in seconds: a retry
 #: within this time gets the original answer and charges nothing. Settlements are remembered this
-#: long after the later of the settle and the reservation's deadline.
-REQUEST_TTL_SECONDS = 86400
+#: long after the later of the settle and the reservation's deadline. An hour covers any client's
+#: retries; each remembered answer costs Redis about 300 bytes for that long.
+REQUEST_TTL_SECONDS = 3600
 #: Reservation lifetime when the caller names none, in seconds (the lease expiry of SPEC section 6).
 DEFAULT_RESERVATION_TTL_SECONDS = 600
 #: Longest reservation lifetime, in seconds.

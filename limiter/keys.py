@@ -64,7 +64,8 @@ class CreditKeys:
         """String: the remembered answer to request ``request_id`` of kind ``scope`` (``consume``,
         ``reserve``, ``settle``), expiring. Scopes keep a consume and a reserve that reuse one id
         apart."""
-        digest = hashlib.sha256(f"{scope}\0{request_id}".encode()).hexdigest()
+        # 128 bits are plenty to tell request ids apart, and every remembered answer is a key.
+        digest = hashlib.sha256(f"{scope}\0{request_id}".encode()).hexdigest()[:32]
         return f"{self.request_prefix}{digest}"
 
     @property
