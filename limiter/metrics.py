@@ -110,6 +110,7 @@ class ProxyCollector(Collector):
         self.proxy = proxy
 
     def collect(self) -> Iterator[Metric]:
+        """Per proxied model: gauges of the queue now, counters and histograms since the start."""
         proxy = self.proxy
         labels = ["model"]
         gauges = {

@@ -11,8 +11,9 @@ model, on this instance:
 * ``queue_limit``: requests that may wait; by default the sum of ``queue.maxWaiting`` over the job
   types that may use the model (each job type's own queue stays bounded by its ``maxWaiting``).
 
-``/queue/stats``, ``/queue/memory``, the ``concurrency`` section of ``/health`` and the
-``fleet_limiter_proxy_*`` metrics report it. docs/proxy.md is the user's guide.
+:mod:`limiter.queue_endpoints` reports it (``/queue/stats``, ``/queue/memory``, ``/health``'s
+``concurrency``) and takes admin updates; the ``fleet_limiter_proxy_*`` metrics show it to
+Prometheus. docs/proxy.md is the user's guide.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
 
-from limiter.http import REGISTRY, BadRequest, json_error, json_response, read_body, require_admin
+from limiter import queue_endpoints
+from limiter.http import REGISTRY, BadRequest
 from limiter.instance import LimiterInstance, NoCapacity, UnknownLease
 from limiter.jobtypes import AdmissionError, QueueFull, Ticket
-from limiter.memory import DEFAULT_BUDGET_SHARE, MemoryInfo, read_memory
 from limiter.metrics import ProxyCollector
 from limiter.modelqueues import ModelQueue
 from limiter.policy import ModelSpec, PolicySpec
@@ -307,67 +307,6 @@ class Proxy:
         caps = [limits[k] for k in ("tokensPerMinute", "tokensPerDay") if k in limits]
         return min([tokens, *caps])
 
-    # -- reports -------------------------------------------------------------------------------------
-
-    def model_stats(self, model: str) -> dict[str, int | float]:
-        """One model's entry of ``/queue/stats``."""
-        return self.queue(model).stats(self.fleet_share(model), self.default_queue_limit(model))
-
-    def stats(self, model: str | None = None) -> dict[str, Any]:
-        """``GET /queue/stats``: every proxied model, or one."""
-        default_parallel, default_queue = self.defaults()
-        names = [m.name for m in self.proxied_models()] if model is None else [model]
-        return {
-            "default_parallel": default_parallel,
-            "default_queue_limit": default_queue,
-            "models": {name: self.model_stats(name) for name in names},
-        }
-
-    def memory(self, mem: MemoryInfo | None = None) -> dict[str, Any]:
-        """``GET /queue/memory``, and the ``memory`` of ``/health``'s concurrency section."""
-        mem = mem or read_memory()
-        gib = 2**30
-        return {
-            "total_gb": round(mem.total / gib, 3),
-            "available_gb": round(mem.available / gib, 3),
-            "used_gb": round(mem.used / gib, 3),
-            "percent": round(mem.used / mem.total * 100, 1) if mem.total else 0.0,
-            "recommended_parallel": self.recommended_parallel(mem),
-            "source": mem.source,
-        }
-
-    def recommended_parallel(self, mem: MemoryInfo) -> int:
-        """Proxied requests this instance can run at once: the proxied models' parallel limits
-        summed, and, where job types declare ``estimate.memoryKB``, no more than fit in memory:
-        ``floor(usable KiB / the largest memoryKB)``, usable being the instance's memory budget
-        (``memoryBudgetMB``, else 80% of the container's or host's total), and at most what is
-        available now plus what running leases already hold."""
-        total = sum(self.parallel_limit(m.name) for m in self.proxied_models())
-        spec, manager = self.instance.spec, self.instance.manager
-        if spec is None or manager is None:
-            return 0
-        proxied = {m.name for m in self.proxied_models()}
-        per_request = max(
-            (j.estimate.memory_kb for j in spec.job_types if proxied & set(spec.models_of(j))), default=0
-        )
-        if per_request <= 0:
-            return total
-        budget = manager.memory_budget_kb
-        if budget is None:
-            budget = int(mem.total * DEFAULT_BUDGET_SHARE) // 1024
-        usable = min(budget, mem.available // 1024 + max(0, manager.memory_in_use_kb))
-        return min(total, usable // per_request)
-
-    def concurrency(self) -> dict[str, Any]:
-        """The ``concurrency`` section of ``/health``."""
-        default_parallel, default_queue = self.defaults()
-        return {
-            "default_parallel": default_parallel,
-            "default_queue_limit": default_queue,
-            "total_models": len(self.proxied_models()),
-            "memory": self.memory(),
-        }
-
 
 class NotFound(BadRequest):
     """A 404 naming the field (an unknown model or job type)."""
@@ -418,82 +357,13 @@ def _route_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Stream
     return handler
 
 
-async def queue_stats(request: web.Request) -> web.Response:
-    """``GET /queue/stats[?model=M]``."""
-    proxy = request.app[PROXY]
-    model = request.query.get("model")
-    if model is not None and model not in {m.name for m in proxy.proxied_models()}:
-        proxied = ", ".join(m.name for m in proxy.proxied_models()) or "none"
-        return json_error(404, f"model: '{model}' is not a proxied model; proxied models: {proxied}")
-    return json_response(proxy.stats(model))
-
-
-async def queue_memory(request: web.Request) -> web.Response:
-    """``GET /queue/memory``."""
-    return json_response(request.app[PROXY].memory())
-
-
-class QueueUpdateBody(BaseModel):
-    """The body of ``POST /admin/queue/update``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: str = Field(min_length=1)
-    parallel_limit: int | None = Field(default=None, ge=0)
-    queue_limit: int | None = Field(default=None, ge=0)
-
-
-async def admin_queue_update(request: web.Request) -> web.Response:
-    """``POST /admin/queue/update``: lower a model's parallel limit on this instance (never above
-    its fleet share: a higher value is capped), or set its queue limit; ``null`` restores the
-    default. Needs the admin token."""
-    require_admin(request)
-    body = await read_body(request, QueueUpdateBody)
-    proxy = request.app[PROXY]
-    if body.model not in {m.name for m in proxy.proxied_models()}:
-        proxied = ", ".join(m.name for m in proxy.proxied_models()) or "none"
-        return json_error(404, f"model: '{body.model}' is not a proxied model; proxied models: {proxied}")
-    given = body.model_fields_set - {"model"}
-    if not given:
-        raise BadRequest("body: set parallel_limit or queue_limit (or both)")
-    q = proxy.queue(body.model)
-    share = proxy.fleet_share(body.model)
-    if "parallel_limit" in given:
-        q.parallel_override = body.parallel_limit
-    if "queue_limit" in given:
-        q.queue_override = body.queue_limit
-    q.notify()
-    doc: dict[str, Any] = {
-        "model": body.model,
-        "parallel_limit": proxy.parallel_limit(body.model),
-        "fleet_parallel_limit": share,
-        "queue_limit": proxy.queue_limit(body.model),
-        "capped": False,
-    }
-    if body.parallel_limit is not None and body.parallel_limit > share:
-        doc["capped"] = True
-        doc["requested_parallel_limit"] = body.parallel_limit
-        doc["message"] = (
-            f"parallel_limit {body.parallel_limit} is above this instance's fleet share for model "
-            f"'{body.model}' ({share}); capped at {share}: an instance never runs more than its share"
-        )
-    log.info(
-        "admin update of model %s: parallel_limit %s, queue_limit %s",
-        body.model,
-        doc["parallel_limit"],
-        doc["queue_limit"],
-    )
-    return json_response(doc)
-
-
 def install(app: web.Application, instance: LimiterInstance) -> None:
     """Add the proxy's routes, its client session and its metrics to the instance's app."""
     proxy = Proxy(instance)
     app[PROXY] = proxy
     for route in ROUTES:
         app.router.add_post(route.path, _route_handler(route))
-    app.router.add_get("/queue/stats", queue_stats)
-    app.router.add_get("/queue/memory", queue_memory)
-    app.router.add_post("/admin/queue/update", admin_queue_update)
+    app.router.add_routes(queue_endpoints.routes(proxy))
     app.on_startup.append(proxy.start)
     app.on_cleanup.append(proxy.close)
     app[REGISTRY].register(ProxyCollector(proxy))
@@ -507,4 +377,4 @@ _PROXIES: weakref.WeakKeyDictionary[LimiterInstance, Proxy] = weakref.WeakKeyDic
 def concurrency(instance: LimiterInstance) -> dict[str, Any]:
     """``/health``'s ``concurrency`` section for ``instance``: the same numbers as ``/queue/stats``
     and ``/queue/memory`` (admin overrides included)."""
-    return (_PROXIES.get(instance) or Proxy(instance)).concurrency()
+    return queue_endpoints.concurrency(_PROXIES.get(instance) or Proxy(instance))
