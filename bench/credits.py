@@ -267,6 +267,7 @@ async def main_async(smoke: bool) -> dict[str, Any]:
             "consume of cost 1 on a key that never runs out; clients, instances and Redis share this "
             "machine's CPUs; Redis commands per consume less the idle fleet's heartbeats"
         ),
+        "load_average_at_start": os.getloadavg(),  # the CPUs may be shared with other work
         "python": [],
         "http": [],
     }

@@ -218,7 +218,9 @@ async def test_refill_and_expiry_over_time(three: Nodes, session: aiohttp.Client
     assert status == 429 and doc["nextRefillSeconds"] <= 1
     await asyncio.sleep(2.2)
     state = await get_key(session, three.url(1), refilled)
-    assert state["remaining"] == 2 and state["totals"]["refilled"] == 2
-    assert (await consume(session, three.url(2), refilled, {"cost": 2}))[1]["remaining"] == 0
+    # Two full periods at least (more on a slow machine), one credit each, capped at 3.
+    assert state["totals"]["refilled"] >= 2 and state["remaining"] == min(3, state["totals"]["refilled"])
+    status, doc, _ = await consume(session, three.url(2), refilled, {"cost": 2})
+    assert status == 200 and doc["remaining"] >= 0
     assert (await consume(session, three.url(0), expiring, {"cost": 1}))[0] == 404
     assert (await call(session, "GET", f"{three.url(1)}/api/keys/{expiring}", admin=True))[0] == 404
