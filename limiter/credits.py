@@ -56,7 +56,6 @@ from limiter.credits_model import (
     check_amount,
     check_api_key,
     check_request_id,
-    fingerprint,
     reservation_deadline_ms,
 )
 from limiter.keys import CreditKeys, PolicyKeys, credit_key_id
@@ -199,7 +198,7 @@ class CreditStore:
         key_id, keys = self._keys(api_key)
         reply = await self._run("get", keys.script_keys, [], retry=True)
         if not reply:
-            raise UnknownKey(f"key: no credit budget for this API key ({fingerprint(key_id)})")
+            raise UnknownKey.of(key_id)
         return KeyState.from_reply(key_id, reply)
 
     async def delete(self, api_key: str) -> bool:
@@ -254,7 +253,7 @@ class CreditStore:
             "consume", script_keys, args, retry=request_id is not None
         )
         if status == -1:
-            raise UnknownKey(f"key: no credit budget for this API key ({fingerprint(key_id)})")
+            raise UnknownKey.of(key_id)
         if status == 2 and int(original_cost) != cost:
             raise RequestConflict(
                 f"requestId: {request_id!r} was already used with cost {int(original_cost)}, not {cost}; "
@@ -295,7 +294,7 @@ class CreditStore:
             "reserve", script_keys, args, retry=request_id is not None
         )
         if status == -1:
-            raise UnknownKey(f"key: no credit budget for this API key ({fingerprint(key_id)})")
+            raise UnknownKey.of(key_id)
         if status == 2 and int(original) != amount:
             raise RequestConflict(
                 f"requestId: {request_id!r} was already used to reserve {int(original)}, not {amount}; "
@@ -333,7 +332,7 @@ class CreditStore:
         )
         status = int(reply[0])
         if status == -1:
-            raise UnknownKey(f"key: no credit budget for this API key ({fingerprint(key_id)})")
+            raise UnknownKey.of(key_id)
         if status == -2:
             raise UnknownReservation(f"reservationId: no open reservation {reservation_id} on this key")
         if status == -3:

@@ -10,6 +10,7 @@ are ``{"error", "status"}`` as everywhere else, and a refusal for lack of credit
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,10 +26,15 @@ from limiter.credits_model import (
     MAX_SECONDS,
     CreditError,
     Refill,
+    UnknownKey,
+    fingerprint,
 )
-from limiter.http import json_error, json_response, read_body, require_admin
+from limiter.http import BadRequest, Unauthorized, json_error, json_response, read_body, require_admin
 from limiter.instance import LimiterInstance
+from limiter.keys import credit_key_id
 from limiter.store import StoreUnavailable
+
+log = logging.getLogger("fleet_limiter.credits")
 
 #: The instance's credit store, for other handlers of the app (the proxy may use this or
 #: :func:`limiter.credits.credits_for`; both give the same object).
@@ -81,6 +87,13 @@ def _credit_errors(handler: Handler) -> Handler:
             return json_error(exc.status, exc.message)
         except StoreUnavailable as exc:
             return json_error(503, f"credits are unavailable: {exc}", {"Retry-After": "1"})
+        except (BadRequest, Unauthorized, web.HTTPException):
+            raise  # the app's middleware answers these
+        except Exception:
+            # The app's middleware would log the path, and the path holds the API key.
+            key = fingerprint(credit_key_id(request.match_info.get("key", "")))
+            log.exception("credits: %s on key %s failed", handler.__name__, key)
+            return json_error(500, "internal error; see the instance's log")
 
     return wrapped
 
@@ -116,9 +129,9 @@ async def get_key(request: web.Request) -> web.StreamResponse:
 @_credit_errors
 async def delete_key(request: web.Request) -> web.StreamResponse:
     require_admin(request)
-    store = _store(request)
-    if not await store.delete(request.match_info["key"]):
-        await store.get(request.match_info["key"])  # raises the 404 with the key's fingerprint
+    key = request.match_info["key"]
+    if not await _store(request).delete(key):
+        raise UnknownKey.of(credit_key_id(key))
     return json_response({"deleted": True})
 
 

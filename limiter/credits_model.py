@@ -60,6 +60,11 @@ class UnknownKey(CreditError):
 
     status = 404
 
+    @classmethod
+    def of(cls, key_id: str) -> UnknownKey:
+        """The error for the key whose id is ``key_id``, named by its fingerprint only."""
+        return cls(f"key: no credit budget for this API key ({fingerprint(key_id)})")
+
 
 class UnknownReservation(CreditError):
     """No open reservation with this id, and none that expired recently enough to settle late."""
