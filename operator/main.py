@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 
 import kopf
@@ -67,8 +66,6 @@ def main() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(QuietTimers())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
-    # The identity kopf shows to its peers; in a pod, the pod's name.
-    os.environ.setdefault("HOSTNAME", os.environ.get("POD_NAME", ""))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings))
 
