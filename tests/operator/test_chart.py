@@ -1,0 +1,255 @@
+"""The Helm chart: lint, render, refuse impossible values, apply to a real API server, least privilege."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import Cluster
+from tests.operator.conftest import CHART, Release, operator_pods
+from tests.operator.support import run
+
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "external-redis": ["--set", "redis.url=redis://redis.infra:6379/0"],
+    "namespaced": [
+        "--set",
+        "operator.watchNamespaces={team-a,team-b}",
+        "--set",
+        "operator.readSecrets=false",
+    ],
+    "standalone": ["--set", "operator.standalone=true", "--set", "redis.enabled=false"],
+    "ha": ["--set", "operator.replicas=2", "--set", "limiter.image.repository=registry.example/fl"],
+}
+
+
+def template(helm: Path, *args: str, namespace: str = "fleet-system") -> Any:
+    return run([str(helm), "template", "fl", str(CHART), "-n", namespace, *args], check=False)
+
+
+def rendered(helm: Path, *args: str) -> list[dict[str, Any]]:
+    out = template(helm, *args)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_helm_lint(helm: Path, values: list[str]) -> None:
+    out = run([str(helm), "lint", "--strict", str(CHART), *values], check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["--set", "operator.standalone=true", "--set", "operator.replicas=2"], "every replica would act"),
+        (["--set", "serviceAccount.create=false"], "needs serviceAccount.name"),
+        (["--set", "rbac.create=false"], "would have no permissions"),
+    ],
+)
+def test_impossible_combinations_fail_with_what_to_change(
+    helm: Path, values: list[str], message: str
+) -> None:
+    out = template(helm, *values)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["--set", "operator.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "redis.url=http://redis:6379"], "does not match pattern"),
+        (["--set", "operator.logLevel=LOUD"], "operator/logLevel"),
+        (["--set", "operator.watchNamespaces={Team_A}"], "does not match pattern"),
+        (["--set", "limiter.resources.requests.gpu=1"], "additional properties 'gpu' not allowed"),
+    ],
+)
+def test_values_schema_rejects_unknown_and_invalid_values(
+    helm: Path, values: list[str], message: str
+) -> None:
+    out = template(helm, *values)
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def test_every_object_is_labelled_and_every_pod_is_non_root_and_read_only(helm: Path) -> None:
+    docs = rendered(helm)
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/version", "app.kubernetes.io/component"):  # fmt: skip
+            assert key in labels, f"{doc['kind']} {doc['metadata']['name']} lacks {key}"
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {
+        "fl-fleet-limiter-operator",
+        "fl-fleet-limiter-redis",
+    }
+    for dep in deployments:
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for c in pod["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            assert c["command"], "the local node runs container commands, never image entrypoints"
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (operator,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    ]
+    return {
+        e["name"]: e.get("value", "") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+
+
+def test_values_reach_the_operator_settings(helm: Path) -> None:
+    env = env_of(rendered(helm))
+    assert env["FLEET_LIMITER_DEFAULT_REDIS_URL"] == "redis://fl-fleet-limiter-redis.fleet-system.svc:6379/0"
+    assert env["FLEET_LIMITER_OPERATOR_NAMESPACES"] == ""
+    assert env["FLEET_LIMITER_LIMITER_IMAGE"] == "fleet-limiter:0.1.0"
+    assert env["FLEET_LIMITER_OPERATOR_HEALTH_ADDRESS"] == "$(POD_IP):8081"
+    env = env_of(rendered(helm, *VALUE_SETS["external-redis"], *VALUE_SETS["namespaced"], *VALUE_SETS["ha"]))
+    assert env["FLEET_LIMITER_DEFAULT_REDIS_URL"] == "redis://redis.infra:6379/0"
+    assert env["FLEET_LIMITER_OPERATOR_NAMESPACES"] == "team-a,team-b"
+    assert env["FLEET_LIMITER_LIMITER_IMAGE"] == "registry.example/fl:0.1.0"
+
+
+def test_in_chart_redis_only_without_an_external_url(helm: Path) -> None:
+    def redis_objects(*values: str) -> list[str]:
+        return [
+            f"{d['kind']}/{d['metadata']['name']}"
+            for d in rendered(helm, *values)
+            if "redis" in d["metadata"]["name"]
+        ]
+
+    assert redis_objects() == ["Service/fl-fleet-limiter-redis", "Deployment/fl-fleet-limiter-redis"]
+    assert redis_objects(*VALUE_SETS["external-redis"]) == []
+    assert redis_objects("--set", "redis.enabled=false") == []
+    (redis,) = [d for d in rendered(helm) if d["kind"] == "Deployment" and "redis" in d["metadata"]["name"]]
+    assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_rbac_is_namespaced_when_namespaces_are_listed(helm: Path) -> None:
+    docs = rendered(helm, *VALUE_SETS["namespaced"])
+    roles = [
+        (d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "ClusterRole")
+    ]
+    assert sorted(roles, key=str) == sorted(
+        [("Role", "team-a"), ("Role", "team-b"), ("ClusterRole", None)], key=str
+    )
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert {g for r in cluster_role["rules"] for g in r["apiGroups"]} == {"kopf.dev"}  # peering only
+    (role, _) = [d for d in docs if d["kind"] == "Role"]
+    assert not [r for r in role["rules"] if "secrets" in r["resources"]]  # readSecrets=false
+
+
+def test_notes_tell_the_next_command(helm: Path) -> None:
+    out = run([str(helm), "install", "fl", str(CHART), "--dry-run=client", "-n", "fleet-system"], check=False)
+    assert out.returncode == 0, out.stderr
+    assert "kubectl apply -n default -f" in out.stdout and "kubectl get rlp" in out.stdout
+    out = run(
+        [str(helm), "install", "fl", str(CHART), "--dry-run=client", "--set", "redis.enabled=false"],
+        check=False,
+    )
+    assert "WARNING: no default Redis" in out.stdout
+
+
+# -- against the API server ------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("name", VALUE_SETS.keys())
+def test_rendered_chart_passes_a_server_side_dry_run(
+    cluster: Cluster, helm: Path, release: Release, name: str
+) -> None:
+    # The release's namespace exists; the namespaced set's Roles go to namespaces of their own.
+    values = VALUE_SETS[name]
+    if name == "namespaced":
+        values = ["--set", f"operator.watchNamespaces={{{release.namespace}}}"]
+    out = template(helm, *values, "--set", "fullnameOverride=dryrun", namespace=release.namespace)
+    assert out.returncode == 0, out.stderr
+    applied = run(
+        [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", "apply", "--dry-run=server",
+         "--validate=strict", "-n", release.namespace, "-f", "-"],
+        input=out.stdout, check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    assert "(server dry run)" in applied.stdout
+
+
+@pytest.mark.cluster
+def test_crd_in_the_cluster_is_the_generated_one(cluster: Cluster, release: Release) -> None:
+    installed = json.loads(cluster.kubectl("get", "crd", "ratelimitpolicies.fleetlimiter.io", "-o", "json"))
+    generated = yaml.safe_load((CHART / "crds" / "ratelimitpolicies.yaml").read_text())
+    want, have = generated["spec"]["versions"][0], installed["spec"]["versions"][0]
+    assert have["schema"] == want["schema"]
+    assert have["additionalPrinterColumns"] == want["additionalPrinterColumns"]
+    assert installed["spec"]["names"]["shortNames"] == ["rlp"]
+    assert any(
+        c["type"] == "Established" and c["status"] == "True" for c in installed["status"]["conditions"]
+    )
+
+
+@pytest.mark.cluster
+def test_operator_runs_as_the_charts_service_account(cluster: Cluster, release: Release) -> None:
+    (pod,) = operator_pods(cluster, release)
+    assert pod["spec"]["serviceAccountName"] == release.service_account
+    assert pod["status"]["containerStatuses"][0]["ready"]
+
+
+CAN = [
+    ("watch", "ratelimitpolicies.fleetlimiter.io", ""),
+    ("patch", "ratelimitpolicies.fleetlimiter.io", "status"),
+    ("create", "deployments.apps", ""),
+    ("delete", "deployments.apps", ""),
+    ("patch", "poddisruptionbudgets.policy", ""),
+    ("create", "events", ""),
+    ("get", "secrets", ""),
+]
+CANNOT = [
+    ("delete", "ratelimitpolicies.fleetlimiter.io", ""),
+    ("create", "ratelimitpolicies.fleetlimiter.io", ""),
+    ("list", "secrets", ""),
+    ("create", "pods", ""),
+    ("delete", "services", ""),
+    ("create", "serviceaccounts", "token"),
+    ("create", "rolebindings.rbac.authorization.k8s.io", ""),
+    ("list", "nodes", ""),
+    ("delete", "namespaces", ""),
+]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    "verb, resource, sub", CAN + CANNOT, ids=[f"{v}-{r}-{s}" for v, r, s in CAN + CANNOT]
+)
+def test_operator_rbac_is_least_privilege(
+    cluster: Cluster, release: Release, verb: str, resource: str, sub: str
+) -> None:
+    args = ["auth", "can-i", verb, resource, "-n", "default",
+            f"--as=system:serviceaccount:{release.namespace}:{release.service_account}"]  # fmt: skip
+    if sub:
+        args.append(f"--subresource={sub}")
+    answer = cluster.kubectl(*args, check=False).strip()
+    assert answer == ("yes" if (verb, resource, sub) in CAN else "no")
+
+
+@pytest.mark.cluster
+def test_operator_may_touch_only_its_own_peering_object(cluster: Cluster, release: Release) -> None:
+    who = f"--as=system:serviceaccount:{release.namespace}:{release.service_account}"
+    own_name = f"clusterkopfpeerings.kopf.dev/{release.name}-fleet-limiter"
+    own = cluster.kubectl("auth", "can-i", "patch", own_name, who, check=False).strip()
+    other = cluster.kubectl(
+        "auth", "can-i", "patch", "clusterkopfpeerings.kopf.dev/x", who, check=False
+    ).strip()
+    assert (own, other) == ("yes", "no")
+    peering = json.loads(
+        cluster.kubectl("get", "clusterkopfpeering", f"{release.name}-fleet-limiter", "-o", "json")
+    )
+    assert len(peering.get("status") or {}) == 1, "the running operator announces itself"
