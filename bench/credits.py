@@ -68,6 +68,18 @@ def command_counts(redis: RedisServer) -> tuple[int, int]:
     return total, evalsha
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_instance(policy: Path, redis_url: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
@@ -124,7 +136,13 @@ def row(
 
 
 async def over_http(
-    redis: RedisServer, urls: list[str], concurrency: int, count: int, seconds: float, idle: float
+    redis: RedisServer,
+    urls: list[str],
+    pids: list[int],
+    concurrency: int,
+    count: int,
+    seconds: float,
+    idle: float,
 ) -> dict[str, Any]:
     """``concurrency`` clients each send consumes one after the other, round robin over ``urls``."""
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
@@ -154,13 +172,21 @@ async def over_http(
                         raise RuntimeError(f"consume failed: {resp.status} {body!r}")
                 latencies.append(time.perf_counter() - t0)
 
+        assert redis.process is not None
+        cpu0, redis_cpu0 = cpu_seconds(pids), cpu_seconds([redis.process.pid])
         (total0, eval0), t0 = command_counts(redis), time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
         total1, eval1 = command_counts(redis)
+        cpu1, redis_cpu1 = cpu_seconds(pids), cpu_seconds([redis.process.pid])
     n = max(1, len(latencies))
     commands = max(0.0, total1 - total0 - 1 - idle * elapsed) / n
-    return row(concurrency, latencies, elapsed, (commands, (eval1 - eval0) / n))
+    out = row(concurrency, latencies, elapsed, (commands, (eval1 - eval0) / n))
+    # CPU per consume does not depend on what else shares the machine: it bounds what one instance
+    # can serve on one core (1 / instance_cpu_ms_per_consume consumes per ms).
+    out["instance_cpu_ms_per_consume"] = (cpu1 - cpu0) * 1000 / n
+    out["redis_cpu_ms_per_consume"] = (redis_cpu1 - redis_cpu0) * 1000 / n
+    return out
 
 
 async def in_process(redis: RedisServer, concurrency: int, count: int, seconds: float) -> dict[str, Any]:
@@ -210,13 +236,15 @@ async def http_series(
         say(f"{INSTANCES} instances ready ({label})")
         idle = await idle_rate(redis, 1.0)
         for c in LEVELS:
-            r = await over_http(redis, urls, c, count, seconds, idle)
+            r = await over_http(redis, urls, [p.pid for p, _ in procs], c, count, seconds, idle)
             rows.append(r)
             say(
                 f"HTTP {label}, {c:3d} clients: p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms, "
                 f"p99 {r['p99_ms']:.2f} ms, {r['consumes_per_second']:.0f} consumes/s, "
                 f"{r['redis_commands_per_consume']:.2f} Redis commands and "
-                f"{r['redis_round_trips_per_consume']:.2f} round trips per consume"
+                f"{r['redis_round_trips_per_consume']:.2f} round trips per consume; CPU per consume: "
+                f"{r['instance_cpu_ms_per_consume']:.3f} ms in the instances, "
+                f"{r['redis_cpu_ms_per_consume']:.3f} ms in Redis"
             )
     finally:
         for proc, _ in procs:
@@ -296,6 +324,13 @@ async def main_async(smoke: bool) -> dict[str, Any]:
         "http_p99_ms_at_1_client": round(doc["http"][0]["p99_ms"], 3),
         "http_p99_ms_at_100_clients": round(doc["http"][-1]["p99_ms"], 3),
         "redis_round_trips_per_consume": round(doc["http"][-1]["redis_round_trips_per_consume"], 3),
+        "instance_cpu_ms_per_consume_at_100_clients": round(
+            doc["http"][-1]["instance_cpu_ms_per_consume"], 3
+        ),
+        "consumes_per_second_per_instance_core": round(
+            1000 / max(1e-9, doc["http"][-1]["instance_cpu_ms_per_consume"])
+        ),
+        "redis_cpu_ms_per_consume_at_100_clients": round(doc["http"][-1]["redis_cpu_ms_per_consume"], 4),
     }
     return doc
 
