@@ -52,10 +52,14 @@ class WindowCounter:
     window: int = -1
 
     def roll(self, now: float, mode: Mode) -> None:
-        """Start a new window when ``now`` has left the current one."""
-        w = window_id(now, self.seconds)
-        if w != self.window:
-            self.window = w
+        """Start a new window when ``now`` has left the current one (never go back to an older one:
+        a grant may have moved the counter ahead of this clock, see :meth:`BudgetLedger.add_grant`)."""
+        self.advance(window_id(now, self.seconds), mode)
+
+    def advance(self, window: int, mode: Mode) -> None:
+        """Move to ``window`` if it is newer than the current one."""
+        if window > self.window:
+            self.window = window
             self.used = 0
             self.capacity = self.limit if mode == "local" else 0
 
@@ -172,14 +176,22 @@ class BudgetLedger:
 
     # -- granted mode ----------------------------------------------------------------------------
 
-    def add_grant(self, model: str, limit_name: str, window: int, amount: int, now: float) -> None:
-        """Add what the fleet counter granted for ``window`` (ignored if that window is over)."""
+    def add_grant(self, model: str, limit_name: str, window: int, amount: int, now: float) -> bool:
+        """Add what the fleet counter granted for ``window``; False (nothing added) when this ledger
+        is already in a later window.
+
+        Redis's clock decides windows: a grant for a newer window than this clock says moves the
+        counter to it at once (the instance's clock is a few ms behind Redis's at the boundary).
+        """
         c = self.counters.get(model, {}).get(limit_name)
         if c is None:
-            return
+            return False
         c.roll(now, self.mode)
-        if window == c.window:
-            c.capacity += amount
+        c.advance(window, self.mode)
+        if window != c.window:
+            return False
+        c.capacity += amount
+        return True
 
     def take_surplus(
         self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None

@@ -102,8 +102,17 @@ class GrantKeeper:
                 continue
             if grant.ok:
                 now = self.clock.now()
-                for d in grant.dimensions:
-                    self.ledger.add_grant(model, d.dimension, d.window_id, d.granted, now)
+                stale = [
+                    (d.dimension, d.window_id, d.granted)
+                    for d in grant.dimensions
+                    if not self.ledger.add_grant(model, d.dimension, d.window_id, d.granted, now)
+                ]
+                if stale:
+                    # Redis's clock is still in a window this instance has left: hand the grant
+                    # back (nothing is lost) and try again once Redis has moved on too.
+                    with contextlib.suppress(StoreUnavailable):
+                        await self.call(self.store.give_back(model, stale))
+                    await asyncio.sleep(0.01)
                 self.manager.dispatch()
                 continue
             # The fleet's window is spent: others may hand budget back on their heartbeat, and the

@@ -196,7 +196,7 @@ class JobTypeManager:
         ticket.seq = int(ticket.id, 16)
         if self._place_now(ticket):
             return ticket
-        if wait <= 0 and ticket.shortfall is not None and self.budget_grace_seconds > 0:
+        if wait <= 0 and self.budget_grace_seconds > 0 and self._waits_only_for_budget(ticket):
             wait = self.budget_grace_seconds  # a slot is free: wait only for the budget draw
             ticket.deadline = now + wait
         if waiting_of_type >= jt.queue.max_waiting or wait <= 0:
@@ -216,6 +216,23 @@ class JobTypeManager:
         if placed:
             self._grant(ticket, *placed)
         return placed is not None
+
+    def _waits_only_for_budget(self, ticket: Ticket) -> bool:
+        """Whether the ticket (or the jobs of its kind queued ahead of it, FIFO) found a free slot
+        and waits only for window budget to be drawn."""
+        if ticket.shortfall is not None:
+            return True
+        # The oldest job of its kind is the one dispatch tries first (FIFO); the others behind it
+        # have not been tried and carry no shortfall of their own.
+        head = next(
+            (
+                t
+                for t in self._waiting.values()
+                if t.job_type == ticket.job_type and t.models == ticket.models
+            ),
+            None,
+        )
+        return head is not None and head.shortfall is not None
 
     def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
         """A waiting job leaves the queue (its client went away). No effect on other states."""
@@ -291,6 +308,7 @@ class JobTypeManager:
         return counts
 
     def _place(self, t: Ticket, waiting_on: Counter[tuple[str, str]]) -> tuple[str, bool, Reservation] | None:
+        t.shortfall = None  # set again below if the window budget is what blocks it now
         mem = t.estimate.get("memoryKB", 0)
         if self.memory_budget_kb is not None and self.memory_in_use_kb + mem > self.memory_budget_kb:
             return None

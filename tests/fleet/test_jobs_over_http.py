@@ -100,6 +100,19 @@ def wait_two(futures: list[Future[tuple[int, Any]]]) -> list[Future[tuple[int, A
     return done
 
 
+@pytest.mark.timeout(60)
+def test_concurrent_no_wait_acquires_all_get_a_budget_draw(fleet: Fleet) -> None:
+    """Jobs that ask not to wait still wait for the one budget draw a fresh window needs, also
+    when they queue behind each other while it is in flight."""
+    limits = {"tokensPerMinute": 10**9, "maxConcurrentRequests": 100}
+    jobs = [{"name": "only", "ratio": 1.0, "estimate": {"tokens": 100}}]
+    fleet.write_policy("no-wait", {"models": [{"name": "m", "limits": limits}], "jobTypes": jobs})
+    (a,) = fleet.start(1)
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda _: acquire(a, "only", 0), range(40)))
+    assert [status for status, _ in results].count(200) == 40, [d for s, d in results if s != 200][:3]
+
+
 BUDGET = {
     "models": [{"name": "budget-model", "limits": {"tokensPerMinute": 100000}}],
     "jobTypes": [{"name": "job", "ratio": 1.0, "estimate": {"tokens": 10000}}],

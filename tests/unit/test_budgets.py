@@ -94,6 +94,19 @@ def test_granted_mode_needs_grants_and_hands_back_surplus() -> None:
     assert ledger.snapshot(now)["m"]["tokensPerMinute"]["capacity"] == 70
 
 
+def test_redis_clock_ahead_at_the_boundary_moves_the_ledger_forward_never_back() -> None:
+    ledger = BudgetLedger(SPEC, mode="granted")
+    before = MIDNIGHT + 59.998  # this instance's clock; Redis is already in the next minute
+    w_next = window_id(MIDNIGHT + 60, 60)
+    assert ledger.add_grant("m", "tokensPerMinute", w_next, 80, before)
+    assert ledger.snapshot(before)["m"]["tokensPerMinute"] == {
+        "window": w_next, "capacity": 80, "used": 0, "remaining": 80
+    }  # fmt: skip
+    # A grant for the window this clock still shows is refused: Redis has left it.
+    assert not ledger.add_grant("m", "tokensPerMinute", w_next - 1, 50, before)
+    assert ledger.snapshot(MIDNIGHT + 60.5)["m"]["tokensPerMinute"]["capacity"] == 80
+
+
 def test_policy_update_keeps_usage_and_applies_new_limits() -> None:
     ledger = BudgetLedger(SPEC)
     ledger.try_reserve("m", {"tokens": 40, "requests": 1}, MIDNIGHT)
