@@ -199,6 +199,13 @@ def build_status(obs: Observation, previous: Mapping[str, Any] | None, now: str)
             "PodsNotReady",
             f"{fleet.ready_replicas} of {fleet.replicas} limiter pod(s) ready",
         )
+    elif fleet.ready_replicas > fleet.replicas:
+        ready_state = (
+            "False",
+            "ScalingDown",
+            f"{fleet.ready_replicas} limiter pod(s) ready for {fleet.replicas} wanted "
+            "(scaling down or rolling out)",
+        )
     elif instances != fleet.replicas:
         ready_state = (
             "False",

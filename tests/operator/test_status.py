@@ -73,9 +73,11 @@ def conditions(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
          ("False", "InvalidPolicy"), ("False", "InstancesAgree"), ("False", "Connected")),
         (VALID, FleetState(0, 0), redis(n=0), ("True", "FleetReady"), ("True", "Projected"),
          ("False", "InstancesAgree"), ("False", "Connected")),
+        (VALID, FleetState(1, 3), redis(n=1), ("False", "ScalingDown"), ("True", "Projected"),
+         ("True", "InstancesDisagree"), ("False", "Connected")),
     ],
     ids=["ready", "pod-not-ready", "instance-missing", "projecting", "newer-in-redis", "no-deployment",
-         "redis-down", "invalid", "scaled-to-zero"],
+         "redis-down", "invalid", "scaled-to-zero", "scaling-down"],
 )  # fmt: skip
 def test_conditions(
     policy: Any, fleet: Any, state: Any, ready: Any, projected: Any, degraded: Any, unavailable: Any
