@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY ?= examples/production.yaml
 INSTANCES ?= 3
 
-.PHONY: all venv test test-unit test-long lint fmt run plan docs clean
+.PHONY: all venv test test-unit test-long lint fmt run plan docs bench clean
 
 all: test
 
@@ -55,6 +55,11 @@ run: $(STAMP)
 ## plan: print the allocation of POLICY for INSTANCES instances
 plan: $(STAMP)
 	$(VENV)/bin/fleet-limiter plan --policy $(POLICY) --instances $(INSTANCES)
+
+## bench: every benchmark (builds/installs the peers into ~/.cache/fleet-limiter/peers the first time)
+bench: $(STAMP)
+	@bash tools/ensure-deps.sh
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 ## docs: regenerate docs/examples.md (the plan of every example policy)
 docs: $(STAMP)
