@@ -194,6 +194,20 @@ class RedisSettings(_Model):
     """A Secret key holding the Redis URL (takes precedence over url)."""
 
 
+class CreditSettings(_Model):
+    """Credit budgets per API key, charged by the LLM proxy."""
+
+    enforce: bool = False
+    """The proxy requires ``Authorization: Bearer <key>`` with a credit budget (``PUT /api/keys/{key}``),
+    reserves the request's estimate before forwarding (429 when it does not fit) and charges what the
+    answer used. Default false."""
+    unit: Literal["tokens", "requests"] = "tokens"
+    """What one credit pays for: ``tokens`` (default) or ``requests``."""
+    reservation_seconds: int = Field(default=600, ge=1, le=86400)
+    """How long a request's reservation holds before its credits return by themselves (a proxy that
+    died mid-request), in seconds. Keep it above the upstreams' ``timeoutSeconds``. Default 600."""
+
+
 class PolicySpec(_Model):
     """The spec of a RateLimitPolicy: models with their limits and the job types that share them."""
 
@@ -209,6 +223,8 @@ class PolicySpec(_Model):
     """The fleet the operator runs."""
     redis: RedisSettings | None = None
     """Redis to use; default: the operator's."""
+    credits: CreditSettings | None = None
+    """Credit budgets per API key for the LLM proxy; default: not enforced."""
 
     # -- derived views -------------------------------------------------------------------------
 

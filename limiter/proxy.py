@@ -33,6 +33,7 @@ from limiter import queue_endpoints
 from limiter.http import REGISTRY, BadRequest
 from limiter.instance import LimiterInstance, NoCapacity, UnknownLease
 from limiter.jobtypes import AdmissionError, QueueFull, Ticket
+from limiter.keycharge import ChargeRefused, KeyCharge
 from limiter.metrics import ProxyCollector
 from limiter.modelqueues import ModelQueue
 from limiter.policy import ModelSpec, PolicySpec
@@ -49,6 +50,10 @@ NOTHING_USED = {"tokens": 0, "requests": 0}
 #: Retry-After for a full queue is the time the queue ahead should take to drain, within these
 #: bounds in seconds.
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 60
+
+
+#: Outcomes a credit key pays for: the upstream answered, or may have generated tokens.
+BILLABLE_OUTCOMES = frozenset({"ok", "timeout", "client_gone"})
 
 
 class Rejected(Exception):
@@ -229,6 +234,12 @@ class Proxy:
             if not asked:
                 payload, strip_usage = json.dumps(rewritten).encode(), True
         tokens = self._estimate(spec, model, job_type, route, body)
+        charge = None
+        if spec.credits is not None and spec.credits.enforce:
+            try:
+                charge = await KeyCharge.reserve(self.instance, request, spec.credits, tokens)
+            except ChargeRefused as exc:
+                return error_response(route.api, exc.status, exc.message, exc.headers, **exc.extra)
 
         q = self.queue(model.name)
         loop = asyncio.get_running_loop()
@@ -236,8 +247,14 @@ class Proxy:
         try:
             ticket = await self.admit(q, job_type, {"tokens": tokens, "requests": 1})
         except Rejected as exc:
+            if charge is not None:
+                await charge.release()
             retry = str(max(RETRY_AFTER_MIN, math.ceil(exc.retry_after)))
             return error_response(route.api, 503, exc.message, {"Retry-After": retry}, model=model.name)
+        except BaseException:
+            if charge is not None:
+                await charge.release()
+            raise
         started = loop.time()
         q.wait.observe(started - arrived)
         q.tokens["estimated"] += tokens
@@ -256,6 +273,11 @@ class Proxy:
             if actual is not None:
                 q.tokens["actual"] += actual.get("tokens", tokens)
             await self.settle(ticket, actual)
+            if charge is not None:
+                await charge.settle(
+                    actual.get("tokens") if actual is not None else None,
+                    billable=outcome in BILLABLE_OUTCOMES,
+                )
 
     def _model(self, spec: PolicySpec, body: dict[str, Any], route: Route) -> ModelSpec:
         proxied = ", ".join(m.name for m in self.proxied_models()) or "none"

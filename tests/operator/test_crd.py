@@ -78,7 +78,7 @@ def test_field_descriptions_come_from_the_model() -> None:
 def test_camel_case_names_and_required_fields() -> None:
     spec = SCHEMA["properties"]["spec"]
     assert spec["required"] == ["models", "jobTypes"]
-    assert set(spec["properties"]) == {"models", "jobTypes", "defaultJobType", "instance", "fleet", "redis"}
+    assert set(spec["properties"]) == {"models", "jobTypes", "defaultJobType", "instance", "fleet", "redis", "credits"}
     estimate = spec["properties"]["jobTypes"]["items"]["properties"]["estimate"]["properties"]
     assert set(estimate) == {"tokens", "requests", "memoryKB"}
 
