@@ -108,7 +108,10 @@ async def _observe_redis(
         return RedisProblem(
             "InvalidRedisURL", f"{source.describe()} is not a redis://, rediss:// or unix:// URL"
         ), False
-    store = await ctx.stores.get(url, policy.ref.namespace, policy.ref.name)
+    try:
+        store = await ctx.stores.get(url, policy.ref.namespace, policy.ref.name)
+    except ValueError as exc:  # redis-py's URL parsing: a bad port, an unknown option
+        return RedisProblem("InvalidRedisURL", f"{source.describe()}: {exc}"), False
     spec_json = projected_spec(policy.spec) if policy.spec is not None else None
     try:
         return await projection.sync(store, spec_json, policy.ref.generation)
@@ -265,6 +268,9 @@ async def finalize(
         store = await ctx.stores.get(url, ref.namespace, ref.name)
         deleted = await store.delete_policy()
     except NoRedis:
+        deleted = 0
+    except ValueError as exc:  # a Redis URL that cannot be parsed: no keys could have been written
+        logger.warning("no Redis keys to remove: %s", exc)
         deleted = 0
     except (KubeError, StoreUnavailable) as exc:
         if runtime.total_seconds() < ctx.settings.delete_timeout_seconds:
