@@ -12,7 +12,7 @@ import yaml
 
 from limiter import crd
 from limiter.k8s_status import PolicyStatus
-from limiter.policy import JobType
+from limiter.policy import JobType, PolicySpec
 
 ROOT = Path(__file__).parents[2]
 
@@ -78,7 +78,9 @@ def test_field_descriptions_come_from_the_model() -> None:
 def test_camel_case_names_and_required_fields() -> None:
     spec = SCHEMA["properties"]["spec"]
     assert spec["required"] == ["models", "jobTypes"]
-    assert set(spec["properties"]) == {"models", "jobTypes", "defaultJobType", "instance", "fleet", "redis", "credits"}
+    # Every field of the model, by its wire (camelCase) name; new model fields need no edit here.
+    assert set(spec["properties"]) == {f.alias or name for name, f in PolicySpec.model_fields.items()}
+    assert {"models", "jobTypes", "defaultJobType", "instance", "fleet", "redis"} <= set(spec["properties"])
     estimate = spec["properties"]["jobTypes"]["items"]["properties"]["estimate"]["properties"]
     assert set(estimate) == {"tokens", "requests", "memoryKB"}
 
