@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY ?= examples/production.yaml
 INSTANCES ?= 3
 
-.PHONY: all venv test test-unit test-long lint fmt run plan docs bench clean
+.PHONY: all venv test test-unit test-long lint fmt run plan docs bench crds test-operator clean
 
 all: test
 
@@ -41,6 +41,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check limiter operator tests bench tools
 	$(VENV)/bin/ruff format --check limiter operator tests bench tools
 	$(VENV)/bin/mypy limiter
+	$(VENV)/bin/mypy operator
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format limiter operator tests bench tools
@@ -60,6 +61,15 @@ plan: $(STAMP)
 bench: $(STAMP)
 	@bash tools/ensure-deps.sh
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+## crds: regenerate crds/, the chart's CRDs and docs/crd-reference.md from the policy model
+crds: $(STAMP)
+	$(PY) tools/gen_crd.py
+
+## test-operator: the operator's tests (pure, then Helm and the operator on the local cluster)
+test-operator: cluster-build $(STAMP)
+	@bash tools/ensure-deps.sh
+	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
 ## docs: regenerate docs/examples.md (the plan of every example policy)
 docs: $(STAMP)

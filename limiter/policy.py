@@ -11,6 +11,7 @@ field, the value and what would be valid.
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,9 @@ class _Model(BaseModel):
 class Limits(_Model):
     """The model's limits, shared by the whole fleet. Set any non-empty subset."""
 
+    # An empty `limits: {}` is refused at apply time by the CRD too, not only by the operator.
+    model_config = ConfigDict(**_Model.model_config, json_schema_extra={"minProperties": 1})
+
     tokens_per_minute: int | None = Field(default=None, ge=1)
     """Tokens per UTC minute, for the whole fleet."""
     requests_per_minute: int | None = Field(default=None, ge=1)
@@ -83,6 +87,18 @@ class SecretKeyRef(_Model):
     """The Secret's name."""
     key: str = Field(min_length=1)
     """The key inside the Secret."""
+
+
+#: In a pod, the key of an upstream with ``apiKeySecretRef`` arrives in this variable + the model name.
+UPSTREAM_KEY_PREFIX = "FLEET_LIMITER_UPSTREAM_KEY_"
+
+
+def upstream_key_env(model: str) -> str:
+    """The variable holding the key of a model whose upstream sets ``apiKeySecretRef``:
+    ``FLEET_LIMITER_UPSTREAM_KEY_`` and the model name in upper case, every character other than
+    A-Z and 0-9 turned into ``_`` (``gpt-4o-mini`` -> ``FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI``).
+    The operator sets it from the Secret; the proxy reads it."""
+    return UPSTREAM_KEY_PREFIX + re.sub(r"[^A-Z0-9]", "_", model.upper())
 
 
 class Upstream(_Model):

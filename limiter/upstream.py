@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,9 @@ from aiohttp import web
 from yarl import URL
 
 from limiter.instance import dumps
-from limiter.policy import ModelSpec
+from limiter.policy import ModelSpec, upstream_key_env
 from limiter.wire import Api, NdjsonRelay, Route, SseRelay, usage_from_json
 
-UPSTREAM_KEY_PREFIX = "FLEET_LIMITER_UPSTREAM_KEY_"
 #: Response headers passed from the upstream to the client (others are the proxy's own business).
 PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
 PASSED_PREFIXES = ("x-ratelimit-", "openai-")
@@ -44,10 +42,8 @@ class UpstreamKeyMissing(Exception):
 
 
 def key_env_name(model: str) -> str:
-    """The variable holding the key of a model whose upstream sets ``apiKeySecretRef``:
-    ``FLEET_LIMITER_UPSTREAM_KEY_`` and the model name in upper case, every character other than
-    A-Z and 0-9 turned into ``_`` (``gpt-4o-mini`` -> ``FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI``)."""
-    return UPSTREAM_KEY_PREFIX + re.sub(r"[^A-Z0-9]", "_", model.upper())
+    """See :func:`limiter.policy.upstream_key_env` (the convention the operator follows)."""
+    return upstream_key_env(model)
 
 
 def api_key(model: ModelSpec, env: Mapping[str, str] | None = None) -> str | None:

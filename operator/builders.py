@@ -21,7 +21,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from limiter.membership import project
-from limiter.policy import API_GROUP, API_VERSION, KIND, PolicySpec, RedisSettings, SecretKeyRef
+from limiter.policy import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PolicySpec,
+    RedisSettings,
+    SecretKeyRef,
+    upstream_key_env,
+)
 from limiter.policy import format_validation_error as _format
 
 from .settings import OperatorSettings
@@ -210,6 +218,22 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
 
+def upstream_key_env_vars(spec: PolicySpec) -> list[dict[str, Any]]:
+    """One variable per model whose upstream's API key is in a Secret (``apiKeySecretRef``), as a
+    reference: the key never appears in the Deployment. The proxy reads the same names."""
+    out = []
+    for model in spec.models:
+        ref = model.upstream.api_key_secret_ref if model.upstream else None
+        if ref is not None:
+            out.append(
+                {
+                    "name": upstream_key_env(model.name),
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
+    return out
+
+
 def redis_env(source: RedisSource) -> dict[str, Any]:
     """The FLEET_LIMITER_REDIS_URL variable of a limiter container: a Secret reference stays a
     reference (the URL and its password never appear in the Deployment)."""
@@ -264,6 +288,7 @@ def build_deployment(
             # The limiter listens on the pod's own address (FLEET_LIMITER_HOST defaults to POD_IP).
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "FLEET_LIMITER_PORT", "value": str(PORT)},
+            *upstream_key_env_vars(spec),
             # In-flight leases get the grace period minus a margin to finish on SIGTERM.
             {"name": "FLEET_LIMITER_SHUTDOWN_GRACE_SECONDS", "value": str(max(1, grace - 5))},
         ],

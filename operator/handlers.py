@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from limiter.crd import PLURAL
+from limiter.credits import CreditStore
 from limiter.policy import API_GROUP, API_VERSION, KIND
 from limiter.store import StoreUnavailable
 
@@ -267,6 +268,8 @@ async def finalize(
         url = await _redis_url(ctx, policy, source, refresh=False)
         store = await ctx.stores.get(url, ref.namespace, ref.name)
         deleted = await store.delete_policy()
+        # The policy's credit budgets go with it (same hash tag, same Redis).
+        deleted += await CreditStore(store.client, ref.namespace, ref.name).delete_all()
     except NoRedis:
         deleted = 0
     except ValueError as exc:  # a Redis URL that cannot be parsed: no keys could have been written

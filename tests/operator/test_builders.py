@@ -194,6 +194,22 @@ def test_deployment_runs_serve_for_the_policy() -> None:
     }
 
 
+def test_upstream_keys_in_secrets_reach_the_proxy_as_references() -> None:
+    spec = copy.deepcopy(SPEC)
+    secret = {"name": "llm-keys", "key": "openai"}
+    upstream = {"url": "https://api.example.test", "apiKeySecretRef": secret}
+    spec["models"].append({"name": "gpt-4o-mini", "limits": {"tokensPerMinute": 1000}, "upstream": upstream})
+    spec["models"].append(
+        {"name": "local", "limits": {"tokensPerMinute": 1000}, "upstream": {"url": "http://x"}}
+    )
+    variables = env(deployment(spec))
+    # The name the proxy reads (limiter.upstream.api_key), as a Secret reference, never the key itself.
+    assert variables["FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI"] == {
+        "secretKeyRef": {"name": "llm-keys", "key": "openai"}
+    }
+    assert not any(name.endswith("_LOCAL") for name in variables)
+
+
 def test_deployment_probes_resources_and_graceful_termination() -> None:
     dep = deployment()
     c = container(dep)

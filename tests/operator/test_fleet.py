@@ -6,12 +6,14 @@ Every test applies policies with kubectl as a user would, to the operator instal
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
 import pytest
 import yaml
 
+from limiter.credits import CreditStore
 from tests.operator.conftest import ROOT
 from tests.operator.support import Policies, plan, wait_for
 
@@ -166,8 +168,6 @@ OPERATOR_REJECTS: list[tuple[str, Any, str]] = [
      "spec.jobTypes[0].models[0]: unknown model 'model-zeta'"),
     ("no-estimate", lambda s: s["jobTypes"][1].update(estimate={"requests": 1}),
      "spec.jobTypes[1].estimate.tokens"),
-    ("no-limit", lambda s: s["models"][0].update(limits={}),
-     "spec.models[0].limits: model 'model-alpha' sets no limit"),
     ("default-job-type", lambda s: s.update(defaultJobType="C"), "spec.defaultJobType: unknown job type 'C'"),
     ("timeouts", lambda s: s.update(instance={"heartbeatSeconds": 5, "instanceTimeoutSeconds": 5}),
      "instanceTimeoutSeconds: 5 must be greater than heartbeatSeconds"),
@@ -185,6 +185,7 @@ SCHEMA_REJECTS: list[tuple[str, Any, str]] = [
      "should be greater than or equal to 0"),
     ("duplicate-models", lambda s: s["models"].append(copy.deepcopy(s["models"][0])), "Duplicate value"),
     ("no-job-types", lambda s: s.pop("jobTypes"), "spec.jobTypes: Required value"),
+    ("no-limit", lambda s: s["models"][0].update(limits={}), "should have at least 1 properties"),
     ("replicas-type", lambda s: s.update(fleet={"replicas": "two"}), "must be of type integer"),
     ("replicas-max", lambda s: s.update(fleet={"replicas": 5000}), "should be less than or equal to 1000"),
     ("protocol", lambda s: s["models"][0].update(upstream={"url": "http://x:1", "protocol": "grpc"}),
@@ -251,12 +252,23 @@ def test_a_new_invalid_policy_gets_no_fleet(policies: Policies) -> None:
 
 
 @pytest.mark.timeout(120)
+async def _put_credit_key(url: str, namespace: str, name: str) -> None:
+    store = CreditStore.from_url(url, namespace, name)
+    try:
+        await store.put("a-team-credit-key", 100)
+    finally:
+        await store.close()
+
+
 def test_deleting_a_policy_removes_its_fleet_and_its_redis_keys(policies: Policies) -> None:
     policies.apply("tpm", tpm(replicas=2))
     obj = policies.wait_ready("tpm")
     assert obj["metadata"]["finalizers"] == ["fleetlimiter.io/finalizer"]
+    # A credit budget of the policy goes with it too.
+    asyncio.run(_put_credit_key(policies.redis_url, policies.namespace, "tpm"))
     keys = policies.redis_keys("tpm")
     assert f"fl:{{{policies.namespace}/tpm}}:policy" in keys
+    assert any(":credits" in k for k in keys), keys
 
     policies.kubectl("delete", "rlp", "tpm", "--wait=true", "--timeout=60s")
     assert policies.get("rlp", "tpm") is None  # the finalizer was cleared
