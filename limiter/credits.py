@@ -30,6 +30,7 @@ import asyncio
 import functools
 import secrets
 import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -110,6 +111,16 @@ class CreditStore:
         self._scripts: dict[str, AsyncScript] = {n: client.register_script(script_source(n)) for n in SCRIPTS}
         kwargs = client.connection_pool.connection_kwargs
         self.server = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        # Plain counters for the metrics (limiter.metrics.CreditsCollector reads them at scrape time).
+        self.decisions: Counter[tuple[str, str]] = Counter()
+        """(consume | reserve, allowed | refused | replayed) -> answers of this store."""
+        self.charged = 0
+        """Credits charged by consumes and settlements (replays charge nothing)."""
+        self.uncharged = 0
+        """Usage settled beyond what the keys had left."""
+
+    def _count(self, operation: str, allowed: bool, replayed: bool) -> None:
+        self.decisions[(operation, "replayed" if replayed else "allowed" if allowed else "refused")] += 1
 
     @classmethod
     def from_url(cls, url: str, namespace: str, name: str, **kwargs: Any) -> CreditStore:
@@ -259,6 +270,9 @@ class CreditStore:
                 f"requestId: {request_id!r} was already used with cost {int(original_cost)}, not {cost}; "
                 "use a new request id for a new request"
             )
+        self._count("consume", status in (1, 2), status == 2)
+        if status == 1:
+            self.charged += cost
         return Consumption(
             allowed=status in (1, 2),
             remaining=int(remaining),
@@ -301,6 +315,7 @@ class CreditStore:
                 "use a new request id for a new request"
             )
         allowed = status in (1, 2)
+        self._count("reserve", allowed, status == 2)
         return Reservation(
             allowed=allowed,
             remaining=int(remaining),
@@ -346,6 +361,9 @@ class CreditStore:
                 f"actual: reservation {reservation_id} was already settled with actual {first_actual}, "
                 f"not {actual}"
             )
+        if status != 2:
+            self.charged += charged
+            self.uncharged += uncharged
         return Settlement(
             reservation_id=reservation_id,
             reserved=reserved,

@@ -29,9 +29,18 @@ from limiter.credits_model import (
     UnknownKey,
     fingerprint,
 )
-from limiter.http import BadRequest, Unauthorized, json_error, json_response, read_body, require_admin
+from limiter.http import (
+    REGISTRY,
+    BadRequest,
+    Unauthorized,
+    json_error,
+    json_response,
+    read_body,
+    require_admin,
+)
 from limiter.instance import LimiterInstance
 from limiter.keys import credit_key_id
+from limiter.metrics import CreditsCollector
 from limiter.store import StoreUnavailable
 
 log = logging.getLogger("fleet_limiter.credits")
@@ -167,8 +176,10 @@ async def settle(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application, instance: LimiterInstance) -> None:
-    """Add the ``/api/keys`` routes to ``app`` and the instance's credit store as ``app[CREDITS]``."""
+    """Add the ``/api/keys`` routes to ``app``, the instance's credit store as ``app[CREDITS]``, and
+    its counters to the app's metrics."""
     app[CREDITS] = credits_for(instance)
+    app[REGISTRY].register(CreditsCollector(app[CREDITS]))
     app.router.add_put("/api/keys/{key}", put_key)
     app.router.add_get("/api/keys/{key}", get_key)
     app.router.add_delete("/api/keys/{key}", delete_key)

@@ -26,9 +26,10 @@ from typing import Any
 from limiter.allocation import Allocation, compute_allocation
 from limiter.clock import SystemClock
 from limiter.grants import GrantKeeper
-from limiter.jobtypes import AdmissionError, JobTypeManager, Ticket
+from limiter.jobtypes import AdmissionError, JobTypeManager, QueueFull, Ticket
 from limiter.membership import AllocationRecord, MembershipReply
 from limiter.memory import default_budget_kb
+from limiter.metrics import REDIS_BUCKETS, AcquireStats, Histogram
 from limiter.policy import PolicySpec
 from limiter.settings import ServeSettings
 from limiter.store import RedisStore, StoreUnavailable
@@ -104,6 +105,10 @@ class LimiterInstance:
         self._started = asyncio.Event()
         self._stopped = False
         self.redis_commands = 0
+        self.redis_timing = Histogram(REDIS_BUCKETS)
+        """Round trips of the Redis calls that succeeded (``fleet_limiter_redis_call_duration_seconds``)."""
+        self.acquires = AcquireStats()
+        """Admissions, refusals and waits of :meth:`acquire` (``fleet_limiter_admissions_total``, ...)."""
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -311,7 +316,8 @@ class LimiterInstance:
         except StoreUnavailable as exc:
             self._redis_down(exc)
             raise
-        self.redis.last_latency_seconds = time.perf_counter() - start
+        self.redis.last_latency_seconds = elapsed = time.perf_counter() - start
+        self.redis_timing.observe(elapsed)
         if not self.redis.connected:
             self.redis.connected, self.redis.error, self.redis.since = True, None, time.time()
         return result
@@ -404,12 +410,29 @@ class LimiterInstance:
         estimate: Mapping[str, int] | None = None,
         wait_seconds: float | None = None,
     ) -> Ticket:
-        """Wait for a lease (a slot and its reservation). Raises an :class:`AdmissionError`."""
-        manager = self._ready_manager()
+        """Wait for a lease (a slot and its reservation). Raises an :class:`AdmissionError`.
+
+        Every answer is counted in :attr:`acquires` (admissions, refusals by reason, waits)."""
+        try:
+            manager = self._ready_manager()
+        except NotReady:
+            self.acquires.refused(self._known_job_type(job_type), "not_ready")
+            raise
         assert self.spec is not None
-        ticket = manager.submit(job_type or self.spec.default_job_type_name, models, estimate, wait_seconds)
+        name = job_type or self.spec.default_job_type_name
+        no_wait = manager.stats["rejected_no_wait"]
+        try:
+            ticket = manager.submit(name, models, estimate, wait_seconds)
+        except QueueFull:
+            refused_at_once = manager.stats["rejected_no_wait"] > no_wait
+            self.acquires.refused(name, "no_wait" if refused_at_once else "queue_full")
+            raise
+        except AdmissionError:
+            self.acquires.refused(self._known_job_type(name), "invalid")
+            raise
         self._after_dispatch()
         if ticket.state == "granted":
+            self.acquires.admitted(ticket)
             return ticket
         fut: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._futures[ticket.id] = fut
@@ -426,7 +449,10 @@ class LimiterInstance:
         finally:
             self._futures.pop(ticket.id, None)
         if _granted(ticket):
+            self.acquires.admitted(ticket)
             return ticket
+        reason = "not_ready" if self.draining else "budget" if ticket.shortfall is not None else "timeout"
+        self.acquires.refused(ticket.job_type, reason, self.clock.now() - ticket.enqueued_at)
         manager.cancel(ticket, reason="all models rejected: no slot freed within the wait")
         raise NoCapacity(
             f"all models rejected: no slot for job type '{ticket.job_type}' on "
@@ -434,6 +460,14 @@ class LimiterInstance:
             + (" (the window budget is spent)" if ticket.shortfall else ""),
             retry_after=self._retry_after(ticket),
         )
+
+    def _known_job_type(self, name: str | None) -> str:
+        """``name`` (or the default job type) when the policy knows it, else "" (a metrics label:
+        names from requests must not create series)."""
+        if self.spec is None:
+            return ""
+        name = name or self.spec.default_job_type_name
+        return name if any(j.name == name for j in self.spec.job_types) else ""
 
     def _retry_after(self, ticket: Ticket) -> float:
         if ticket.shortfall is not None and math.isfinite(ticket.shortfall.retry_at):
