@@ -38,6 +38,7 @@ from .builders import (
     redis_source,
 )
 from .kube import Kube, KubeError, NotOwned, owned_by
+from .metrics import HandlerRun, OperatorMetrics
 from .settings import OperatorSettings
 from .status import (
     FleetState,
@@ -65,6 +66,8 @@ class Context:
     urls: dict[str, str] = field(default_factory=dict)
     """Redis URLs read from Secrets, by policy uid: the timer never reads Secrets, and deletion
     still finds Redis when the Secret went first (a namespace being deleted)."""
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    """What the handlers did and observed (served when FLEET_LIMITER_OPERATOR_METRICS_ADDRESS is set)."""
 
 
 def _ctx(memo: Any) -> Context:
@@ -115,20 +118,29 @@ async def _observe_redis(
         return RedisProblem("InvalidRedisURL", f"{source.describe()}: {exc}"), False
     spec_json = projected_spec(policy.spec) if policy.spec is not None else None
     try:
-        return await projection.sync(store, spec_json, policy.ref.generation)
+        state, projected = await projection.sync(store, spec_json, policy.ref.generation)
     except StoreUnavailable as exc:
         return RedisProblem("Unreachable", str(exc)), False
+    if projected:
+        ctx.metrics.projected_into_redis(policy.ref.namespace, policy.ref.name)
+    return state, projected
 
 
 # -- status ---------------------------------------------------------------------------------------------
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, observation: Observation) -> None:
+def _patch_status(ctx: Context, body: kopf.Body, patch: kopf.Patch, observation: Observation) -> None:
+    """Patch what changed in the status; the policy's metrics follow the same document."""
     current = dict(body.get("status") or {})
     desired = build_status(observation, current, _now())
     changed = status_patch(current, desired)
     if changed:
         patch.setdefault("status", {}).update(changed)
+    if isinstance(observation.redis, RedisProblem):
+        ctx.metrics.error(observation.redis.reason)
+    if not body.get("metadata", {}).get("deletionTimestamp"):  # its series go with the finalizer
+        ref = observation.policy.ref
+        ctx.metrics.observe(ref.namespace, ref.name, desired, isinstance(observation.redis, RedisState))
 
 
 async def _fleet_from_api(ctx: Context, policy: ParsedPolicy) -> FleetState | None:
@@ -160,9 +172,11 @@ async def _apply_children(
         try:
             applied = await ctx.kube.apply(obj, policy.ref.uid)
         except NotOwned as exc:
+            ctx.metrics.error("NotOwned")
             kopf.warn(body, reason="NotOwned", message=str(exc))
             raise kopf.TemporaryError(str(exc), delay=60) from None
         except KubeError as exc:
+            ctx.metrics.error("KubeApi")
             raise kopf.TemporaryError(f"applying {obj['kind']}: {exc}", delay=10) from None
         if applied.action != "unchanged":
             what = f"{applied.action} {obj['kind']} {obj['metadata']['name']}"
@@ -184,9 +198,22 @@ async def reconcile(
 ) -> None:
     """create, update (of spec) and resume: make the fleet match the current generation."""
     ctx = _ctx(memo)
+    with ctx.metrics.handling("reconcile") as run:
+        await _reconcile(ctx, run, body, patch, logger, reason)
+
+
+async def _reconcile(
+    ctx: Context,
+    run: HandlerRun,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    reason: str,
+) -> None:
     policy = parse_policy(body)
     fleet: FleetState | None = None
     if policy.spec is None:
+        run.outcome = "invalid"
         problems = "; ".join(policy.problems)
         logger.warning("generation %d is invalid and was not applied: %s", policy.ref.generation, problems)
         if reason != "resume":  # an event per bad edit, not per operator restart
@@ -197,6 +224,7 @@ async def reconcile(
         try:
             fleet = await _fleet_from_api(ctx, policy)
         except KubeError as exc:
+            ctx.metrics.error("KubeApi")
             raise kopf.TemporaryError(f"reading the Deployment: {exc}", delay=10) from None
     redis, projected = await _observe_redis(ctx, policy, refresh=True)
     if projected:
@@ -205,7 +233,7 @@ async def reconcile(
         )
     if isinstance(redis, RedisProblem):
         logger.warning("Redis: %s", redis.message)
-    _patch_status(body, patch, Observation(policy, fleet, redis))
+    _patch_status(ctx, body, patch, Observation(policy, fleet, redis))
 
 
 async def refresh(
@@ -221,6 +249,17 @@ async def refresh(
     Also repairs drift: a Deployment deleted or scaled by hand is applied again (only once the
     policy was reconciled, so the timer never races the first creation)."""
     ctx = _ctx(memo)
+    with ctx.metrics.handling("refresh"):
+        await _refresh(ctx, body, patch, logger, limiter_deployments)
+
+
+async def _refresh(
+    ctx: Context,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    limiter_deployments: kopf.Index[str, FleetState],
+) -> None:
     policy = parse_policy(body)
     fleet = next(iter(limiter_deployments.get(policy.ref.uid, [])), None)
     handled = DIFFBASE in (body.get("metadata", {}).get("annotations") or {})
@@ -235,7 +274,7 @@ async def refresh(
         kopf.info(
             body, reason="Projected", message=f"generation {policy.ref.generation} projected into Redis"
         )
-    _patch_status(body, patch, Observation(policy, fleet, redis))
+    _patch_status(ctx, body, patch, Observation(policy, fleet, redis))
 
 
 def limiter_deployments(body: kopf.Body, **_: Any) -> dict[str, FleetState]:
@@ -251,6 +290,13 @@ async def finalize(
 ) -> None:
     """delete: stop the limiter pods (they would register again), then remove the Redis keys."""
     ctx = _ctx(memo)
+    with ctx.metrics.handling("finalize"):
+        await _finalize(ctx, body, logger, runtime)
+
+
+async def _finalize(
+    ctx: Context, body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any], runtime: Any
+) -> None:
     policy = parse_policy(body)
     ref = policy.ref
     name = child_name(ref.name)
@@ -262,6 +308,7 @@ async def finalize(
                 logger.info("deleting Deployment %s and its pods before the Redis keys", name)
             raise kopf.TemporaryError("waiting for the limiter pods to stop", delay=1)
     except KubeError as exc:
+        ctx.metrics.error("KubeApi")
         raise kopf.TemporaryError(f"deleting the Deployment: {exc}", delay=5) from None
     try:
         source = redis_source(policy.redis, ctx.settings)
@@ -276,13 +323,16 @@ async def finalize(
         logger.warning("no Redis keys to remove: %s", exc)
         deleted = 0
     except (KubeError, StoreUnavailable) as exc:
+        ctx.metrics.error("KubeApi" if isinstance(exc, KubeError) else "Unreachable")
         if runtime.total_seconds() < ctx.settings.delete_timeout_seconds:
             raise kopf.TemporaryError(f"removing the Redis keys: {exc}", delay=5) from None
         message = f"gave up removing the Redis keys of {ref.namespace}/{ref.name} after {runtime}: {exc}"
         logger.warning(message)
         kopf.warn(body, reason="RedisKeysLeft", message=message)
+        ctx.metrics.error("RedisKeysLeft")
         deleted = 0
     await ctx.stores.drop(ref.namespace, ref.name)
+    ctx.metrics.forget(ref.namespace, ref.name)
     ctx.urls.pop(ref.uid, None)
     logger.info("removed %d Redis key(s) of %s/%s", deleted, ref.namespace, ref.name)
 

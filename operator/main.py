@@ -1,7 +1,8 @@
 """Entry point of the operator: ``fleet-limiter-operator`` or ``python -P -m limiter_operator``.
 
 Reads :class:`limiter_operator.settings.OperatorSettings` from the environment, registers the
-handlers and runs kopf until SIGTERM. Errors in the settings end it with one line and exit code 2.
+handlers, serves the Prometheus metrics (when an address is set) and runs kopf until SIGTERM.
+Errors in the settings end it with one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import logging
 import sys
 
 import kopf
+import prometheus_client
 
+from . import metrics
 from .handlers import Context, register
 from .kube import Kube
 from .settings import OperatorSettings, SettingsError
@@ -41,16 +44,26 @@ async def run(settings: OperatorSettings) -> None:
         else (f"peering {settings.peering_name!r} with priority {settings.peering_priority}")
     )
     log.info("fleet-limiter operator serving RateLimitPolicies in %s (%s)", where, peering)
-    await kopf.operator(
-        registry=registry,
-        clusterwide=settings.clusterwide,
-        namespaces=list(settings.namespaces),
-        standalone=settings.standalone,
-        peering_name=None if settings.standalone else settings.peering_name,
-        priority=settings.peering_priority,
-        liveness_endpoint=f"http://{settings.health_address}/healthz" if settings.health_address else None,
-        memo=kopf.Memo(ctx=context),
-    )
+    runner = None
+    if settings.metrics_address:
+        runner = await metrics.serve(settings.metrics_address, context.metrics.registry)
+        log.info("Prometheus metrics on http://%s/metrics", settings.metrics_address)
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            standalone=settings.standalone,
+            peering_name=None if settings.standalone else settings.peering_name,
+            priority=settings.peering_priority,
+            liveness_endpoint=(
+                f"http://{settings.health_address}/healthz" if settings.health_address else None
+            ),
+            memo=kopf.Memo(ctx=context),
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 def main() -> None:
@@ -66,6 +79,8 @@ def main() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(QuietTimers())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
+    # A *_created series per counter would double the series of the text format for nothing.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings))
 

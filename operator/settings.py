@@ -64,6 +64,10 @@ class OperatorSettings:
     health_address: str | None = None
     """``host:port`` of kopf's liveness endpoint ``/healthz`` (``FLEET_LIMITER_OPERATOR_HEALTH_ADDRESS``);
     default none. The chart sets ``$(POD_IP):8081``."""
+    metrics_address: str | None = None
+    """``host:port`` of the operator's Prometheus metrics ``/metrics``
+    (``FLEET_LIMITER_OPERATOR_METRICS_ADDRESS``); default none (not served). The chart sets
+    ``$(POD_IP):8082``. Names and labels: docs/metrics.md."""
     delete_timeout_seconds: float = 300.0
     """How long deleting a policy retries removing its Redis keys while Redis is unreachable, in
     seconds (``FLEET_LIMITER_OPERATOR_DELETE_TIMEOUT``); after it the finalizer is released anyway
@@ -140,11 +144,20 @@ class OperatorSettings:
                     values[attr] = raw or None
         if raw := get("OPERATOR_STANDALONE"):
             values["standalone"] = _boolean("OPERATOR_STANDALONE", raw)
-        if raw := get("OPERATOR_HEALTH_ADDRESS"):
-            host, _, port = raw.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise SettingsError(f"{PREFIX}OPERATOR_HEALTH_ADDRESS: {raw!r} is not valid: host:port")
-            values["health_address"] = raw
+        for attr, name in (
+            ("health_address", "OPERATOR_HEALTH_ADDRESS"),
+            ("metrics_address", "OPERATOR_METRICS_ADDRESS"),
+        ):
+            if raw := get(name):
+                host, _, port = raw.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise SettingsError(f"{PREFIX}{name}: {raw!r} is not valid: host:port")
+                values[attr] = raw
+        if values.get("metrics_address") and values.get("metrics_address") == values.get("health_address"):
+            raise SettingsError(
+                f"{PREFIX}OPERATOR_METRICS_ADDRESS: {values['metrics_address']!r} is also the health "
+                f"address ({PREFIX}OPERATOR_HEALTH_ADDRESS); give the metrics another port"
+            )
         if raw := get("OPERATOR_LOG_LEVEL"):
             if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise SettingsError(
