@@ -83,14 +83,14 @@ def used_instance(
     (no wait, queue full, timeout), an unknown job type, a proxied request charged to a credit key,
     a consume allowed and one refused. Once per session: the tests only read it."""
     redis_server.start()
-    fleet = Fleet(tmp_path_factory.mktemp("metrics"), redis_server.url)
+    instances = Fleet(tmp_path_factory.mktemp("metrics"), redis_server.url)
     try:
-        fleet.write_policy("metrics", policy_spec(llm.url))
-        (inst,) = fleet.start(1, env={"FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN})
+        instances.write_policy("metrics", policy_spec(llm.url))
+        (inst,) = instances.start(1, env={"FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN})
         exercise(inst)
         yield inst
     finally:
-        fleet.close()
+        instances.close()
 
 
 def exercise(inst: Instance) -> None:
