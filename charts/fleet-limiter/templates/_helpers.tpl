@@ -81,6 +81,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (not .Values.rbac.create) .Values.serviceAccount.create -}}
 {{- fail "rbac.create=false with serviceAccount.create=true: the new ServiceAccount would have no permissions; bind your own roles to an existing account (serviceAccount.create=false, serviceAccount.name)" -}}
 {{- end -}}
+{{- if and .Values.operator.metricsPort (eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort)) -}}
+{{- fail "operator.metricsPort equals operator.healthPort: the metrics and the liveness endpoint need ports of their own; change one of them" -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled (not .Values.operator.metricsPort) -}}
+{{- fail "serviceMonitor.enabled=true with operator.metricsPort=0: the operator's ServiceMonitor scrapes its metrics port; set operator.metricsPort (e.g. 8082)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels of the limiter Services the operator creates for each policy (operator/builders.py: labels()). */}}
+{{- define "fleet-limiter.limiterServiceSelector" -}}
+app.kubernetes.io/name: fleet-limiter
+app.kubernetes.io/component: limiter
+app.kubernetes.io/managed-by: fleet-limiter-operator
 {{- end -}}
 
 {{/* The operator's rules in a namespace it serves: what it does there, and nothing more. */}}
