@@ -87,6 +87,20 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
     return out
 
 
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A scrape as (sample name, labels) -> value."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """One sample's value in a scrape (KeyError when it is not there)."""
+    return samples(text)[(name, frozenset(labels.items()))]
+
+
 def series_labels(*scrapes: str) -> dict[str, set[str]]:
     """Sample name (as Prometheus stores it) -> the label names its samples carry, over the scrapes."""
     out: dict[str, set[str]] = {}

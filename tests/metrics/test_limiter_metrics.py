@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from limiter.instance import LimiterInstance, NotReady
 from limiter.metrics import WAIT_BUCKETS, Histogram, registry_for, render
@@ -17,21 +16,9 @@ from limiter.settings import ServeSettings
 from limiter.store import RedisStore
 from tests.fleet.conftest import Fleet, Instance, wait_until
 from tests.metrics.conftest import MODEL
+from tests.metrics.promql import samples, value
 
 pytestmark = pytest.mark.redis
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """(sample name, labels) -> value."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text)[(name, frozenset(labels.items()))]
 
 
 @pytest.mark.parametrize(

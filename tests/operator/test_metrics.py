@@ -16,8 +16,7 @@ from prometheus_client import generate_latest
 
 from tests.cluster.conftest import Cluster
 from tests.metrics.conftest import DASHBOARD
-from tests.metrics.promql import expressions, missing, series_labels
-from tests.metrics.test_limiter_metrics import samples, value
+from tests.metrics.promql import expressions, missing, samples, series_labels, value
 from tests.operator.conftest import Release, operator_pods
 from tests.operator.support import Policies, get_json, wait_for
 
