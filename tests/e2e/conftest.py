@@ -64,10 +64,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [i for i in items if i not in demo]
 
 
+def _recorder(config: pytest.Config) -> Recorder:
+    """The session's record file, made on first use."""
+    if _RECORDER not in config.stash:
+        try:
+            settings = Settings.from_env()
+        except E2EConfigError:  # the e2e fixture fails with the message; the record names the default
+            settings = Settings()
+        config.stash[_RECORDER] = Recorder(RESULTS, settings.cluster, dataclasses.asdict(settings))
+    return config.stash[_RECORDER]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield
     item.stash.setdefault(_REPORT, {})[report.when] = report
+    if report.when == "setup" and report.failed and item.nodeid.startswith("tests/e2e/"):
+        # A fixture failed before this test's record existed (the install, the cluster): record that.
+        recorder = _recorder(item.config)
+        if not any(t.test == item.nodeid for t in recorder.tests):
+            rec = recorder.start(item.nodeid)
+            rec.outcome, rec.duration = "error", report.duration
+            rec.event("setup.failed", error=str(report.longrepr)[-2000:])
+            recorder.write()
     return report
 
 
@@ -86,10 +105,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def e2e_recorder(pytestconfig: pytest.Config) -> Recorder:
     """The session's record file (written after each test and at the end)."""
-    settings = _settings()
-    recorder = Recorder(RESULTS, settings.cluster, dataclasses.asdict(settings))
-    pytestconfig.stash[_RECORDER] = recorder
-    return recorder
+    return _recorder(pytestconfig)
 
 
 @pytest.fixture

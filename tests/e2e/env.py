@@ -235,7 +235,7 @@ MIXED: dict[str, Any] = {
 
 def spec(
     base: dict[str, Any], replicas: int | None = None, change: Callable[[dict[str, Any]], None] | None = None
-):  # type: ignore[no-untyped-def]
+) -> dict[str, Any]:
     """A copy of ``base`` with ``replicas`` pods and ``change`` applied."""
     out = copy.deepcopy(base)
     if replicas is not None:

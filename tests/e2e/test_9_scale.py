@@ -72,7 +72,7 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
     n = e2e.settings.scale_pods
     s = fleet_spec(n)
     memory = Memory(e2e, policies)
-    with e2e.watch(policies, "fleet", record, interval=0.2) as watch:
+    with e2e.watch(policies, "fleet", record, interval=0.1) as watch:
         policies.apply("fleet", spec(s, replicas=1))
         watch.wait_agreed(1, planned(s, 1), timeout=120)
         idle = memory.sample()
@@ -121,6 +121,25 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
             interval=0.5,
         )
 
+        # At full size, one graceful leave and its replacement's join, each measured over all the
+        # other pods (during the burst above most pods joined just before the last join).
+        victim = pods[0]
+        record.step(f"kubectl delete pod {victim.name} in the full fleet")
+        mark = watch.mark()
+        policies.kubectl("delete", "pod", victim.name, "--wait=false")
+        leave = watch.wait("the leave", lambda: [r for r in watch.records(mark) if "leave" in r.reason], 30)[
+            0
+        ]
+        others = [p.name for p in pods[1:]]
+        watch.wait(
+            f"the {n - 1} others to report the leave",
+            lambda: all(watch.first_seen(p, leave.epoch) for p in others),
+            timeout=30,
+        )
+        full_leave_s = watch.latency(leave, others)
+        watch.wait_agreed(n, plan_n, timeout=120)
+        _, full_join_s, joined_measured = watch.change(mark, "join", n)
+
         record.step(f"replicas {n} -> 1")
         mark, scaled_down = watch.mark(), time.time()
         policies.apply("fleet", spec(s, replicas=1))
@@ -140,6 +159,10 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
     record.figure("apply_to_all_agreed_s", round(agreed - applied, 2))
     record.figure("last_join_to_all_agreed_s", round(join_s, 3))
     record.figure("last_join_pods_measured", len(measured))
+    record.figure("full_fleet_leave_to_agreed_s", round(full_leave_s, 3))
+    record.figure("full_fleet_join_to_agreed_s", round(full_join_s, 3))
+    record.figure("full_fleet_join_pods_measured", len(joined_measured))
+    record.figure("resolution_s", watch.interval)
     record.figure("heartbeat_age_max_s", round(max(ages), 3))
     record.figure("scale_down_to_one_agreed_s", round(back - scaled_down, 2))
     record.figure("scale_down_to_pods_gone_s", round(gone - scaled_down, 2))
@@ -154,8 +177,11 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
     )
     record.figure(
         "summary", f"{n} pods",
-        headline=f"{n} pods agreed {agreed - applied:.1f} s after apply "
-        f"(last join {join_s * 1000:.0f} ms){mem}",
+        headline=f"{n} pods agreed {agreed - applied:.1f} s after apply; at {n}: leave "
+        f"{full_leave_s * 1000:.0f} ms, join {full_join_s * 1000:.0f} ms{mem}",
     )  # fmt: skip
     assert max(ages) <= 2 * HEARTBEAT_S + 0.5, ages
-    assert join_s < 2.0, f"the last join took {join_s:.3f} s to reach every pod"
+    # The SPEC's 1 s, at full size and measured over every other pod: a poll round of 50 pods takes
+    # a good part of the 0.1 s interval on 2 cores, so the figures carry that much.
+    assert full_leave_s < 1.0 and full_join_s < 1.0, (full_leave_s, full_join_s)
+    assert join_s < 2.0, f"the last join of the burst took {join_s:.3f} s to reach every pod"
