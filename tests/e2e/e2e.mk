@@ -4,7 +4,7 @@
 
 .PHONY: e2e e2e-kind
 
-## e2e: the e2e suite on the local control plane (brings it up, a private Redis, helm install, ~8 min)
+## e2e: the e2e suite on the local control plane (brings it up, a private Redis, helm install; about 3 min)
 e2e: $(STAMP) cluster-build
 	@bash tools/ensure-deps.sh
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

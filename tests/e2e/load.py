@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.observe import BackgroundLoop
+from tests.e2e.background import BackgroundLoop
 from tests.e2e.record import ScenarioRecord
 
 

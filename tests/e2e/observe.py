@@ -26,58 +26,22 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from limiter.keys import PolicyKeys
+from tests.e2e.background import BackgroundLoop
 from tests.e2e.kube import PodUnreachable, container_pid, is_ready
+from tests.e2e.load import Jobs
 from tests.e2e.record import ScenarioRecord
-
-if TYPE_CHECKING:
-    from tests.e2e.load import Jobs
 
 T = TypeVar("T")
 POLICY_LABEL = "fleetlimiter.io/policy"
-
-
-class BackgroundLoop:
-    """An asyncio event loop in a thread of its own, closed with everything it ran."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="e2e-loop", daemon=True)
-        self._thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run a coroutine in the loop; its future is the test thread's handle."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        """Run a coroutine in the loop and wait for its result."""
-        return self.submit(coro).result(timeout)
-
-    async def _cancel_all(self) -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def close(self) -> None:
-        """Cancel every task, stop the loop and its thread pool, close it."""
-        if self.loop.is_closed():
-            return
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            self.call(self._cancel_all(), timeout=15)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(15)
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        self.loop.close()
 
 
 @dataclass
@@ -188,7 +152,7 @@ class FleetWatch:
         self.samples: list[Sample] = []
         self.loop = BackgroundLoop()
         self._tasks: list[concurrent.futures.Future[None]] = []
-        self._jobs: list[Any] = []
+        self._jobs: list[Jobs] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -202,8 +166,6 @@ class FleetWatch:
 
     def jobs(self) -> Jobs:
         """A job runner in the watch's loop, closed with the watch."""
-        from tests.e2e.load import Jobs
-
         jobs = Jobs(self.loop, self.record)
         self._jobs.append(jobs)
         return jobs
