@@ -95,6 +95,11 @@ def is_ready(pod: dict[str, Any]) -> bool:
     )
 
 
+def shown(path: Path) -> str:
+    """A path as a person typed it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -235,9 +240,7 @@ class Demo:
         name = doc["metadata"]["name"]
         replicas = int((doc["spec"].get("fleet") or {}).get("replicas", 1))
         self.policy_name = name
-        self.step(
-            f"kubectl apply {self.args.policy.relative_to(ROOT)}: policy {name}, {replicas} limiter pods"
-        )
+        self.step(f"kubectl apply {shown(self.args.policy)}: policy {name}, {replicas} limiter pods")
         self.kubectl("apply", "-f", "-", input=json.dumps(doc))
         job_types = [j["name"] for j in doc["spec"]["jobTypes"]]
         return name, replicas, job_types
