@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY ?= examples/production.yaml
 INSTANCES ?= 3
 
-.PHONY: all venv test test-unit test-long lint fmt run plan docs bench crds test-operator clean
+.PHONY: all venv test test-unit test-long lint fmt run run-local plan docs bench crds test-operator clean
 
 all: test
 
@@ -47,9 +47,15 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format limiter operator tests bench tools
 	$(VENV)/bin/ruff check --fix limiter operator tests bench tools
 
-## run: the main job on a local default: a private Redis, a fleet of INSTANCES limiter instances of
-## POLICY, a light stream of jobs and a live view of the allocation (Ctrl-C stops everything)
-run: $(STAMP)
+## run: the main job on a local default: the local Kubernetes control plane, a private Redis, the
+## chart installed with Helm, the example policy with three limiter pods, a stream of jobs through
+## them and a live view of the allocation per pod (Ctrl-C cleans up)
+run: $(STAMP) cluster-build
+	@bash tools/ensure-deps.sh
+	$(PY) tools/demo.py $(RUN_ARGS)
+
+## run-local: the same without Kubernetes: a private Redis and INSTANCES local limiter processes of POLICY
+run-local: $(STAMP)
 	@bash tools/ensure-deps.sh
 	$(PY) tools/localfleet.py --policy $(POLICY) --instances $(INSTANCES) $(RUN_ARGS)
 
@@ -80,3 +86,5 @@ clean:
 
 # The local Kubernetes control plane (tools/localcluster): cluster-up, cluster-down, test-cluster.
 -include tools/localcluster/cluster.mk
+# The e2e suite (tests/e2e): e2e on the local control plane, e2e-kind where Docker exists.
+-include tests/e2e/e2e.mk
