@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -76,3 +80,40 @@ def write_results(name: str, doc: dict[str, Any], folder: Path | None = None) ->
         + "\n"
     )
     return path
+
+
+EXE = Path(sys.executable).with_name("fleet-limiter")
+
+
+def start_instance(
+    policy: Path, redis_url: str, name: str, *, env: dict[str, str] | None = None, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """One `fleet-limiter serve` of ``policy`` on a free loopback port: (process, base URL)."""
+    from tests.support.redis_server import free_port
+
+    port = free_port()
+    argv = [str(EXE), "serve", "--policy", str(policy), "--redis", redis_url, "--host", "127.0.0.1"]
+    environ = {**os.environ, **(env or {}), "FLEET_LIMITER_INSTANCE_ID": name}
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=environ
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str, within: float = 30) -> None:
+    """Until ``url``/ready answers 200 (RuntimeError after ``within`` seconds)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url + "/ready") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"instance at {url} not ready within {within} s")

@@ -28,7 +28,6 @@ import asyncio
 import itertools
 import os
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -37,11 +36,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import Progress, percentiles, write_results
+from bench.common import Progress, percentiles, start_instance, wait_ready, write_results
 from limiter.credits import CreditStore
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer
 
-EXE = Path(sys.executable).with_name("fleet-limiter")
 ADMIN_TOKEN = "bench-admin-token"
 INSTANCES = 3
 LEVELS = (1, 10, 100)
@@ -78,30 +76,6 @@ def cpu_seconds(pids: list[int]) -> float:
             return 0.0
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def start_instance(policy: Path, redis_url: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(EXE), "serve", "--policy", str(policy), "--redis", redis_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "FLEET_LIMITER_INSTANCE_ID": name, "FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(url + "/ready") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {within} s")
 
 
 async def new_key(session: aiohttp.ClientSession, url: str) -> str:
@@ -226,7 +200,12 @@ async def http_series(
     policy = tmp / f"{label}.yaml"
     manifest = {"kind": "RateLimitPolicy", "metadata": {"name": label, "namespace": "bench"}, "spec": SPEC}
     policy.write_text(yaml.safe_dump(manifest))
-    procs = [start_instance(policy, redis.url, f"bench-{label}-{i}") for i in range(INSTANCES)]
+    procs = [
+        start_instance(
+            policy, redis.url, f"bench-{label}-{i}", env={"FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN}
+        )
+        for i in range(INSTANCES)
+    ]
     urls = [url for _, url in procs]
     rows: list[dict[str, Any]] = []
     try:

@@ -18,9 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import os
 import signal
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -28,14 +26,12 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import Progress, percentiles, write_results
+from bench.common import Progress, percentiles, start_instance, wait_ready, write_results
 from limiter.instance import LimiterInstance
 from limiter.policy import parse_policy
 from limiter.settings import ServeSettings
 from limiter.store import RedisStore
-from tests.support.redis_server import RedisServer, free_port
-
-EXE = Path(sys.executable).with_name("fleet-limiter")
+from tests.support.redis_server import RedisServer
 
 # Generous limits so the numbers measure the limiter, not a spent budget: a slot per concurrent
 # client, and window budgets that need grants from Redis (drawn in bulk, spent locally).
@@ -99,30 +95,6 @@ async def in_process(redis: RedisServer, concurrency: int, jobs: int, seconds: f
         "redis_commands_per_job": (after - before) / max(1, len(latencies)),
         **percentiles(latencies),
     }
-
-
-def start_instance(policy: Path, redis_url: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(EXE), "serve", "--policy", str(policy), "--redis", redis_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "FLEET_LIMITER_INSTANCE_ID": name},
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(url + "/ready") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} not ready within {within} s")
 
 
 async def over_http(url: str, concurrency: int, jobs: int, seconds: float) -> dict[str, Any]:

@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import tempfile
@@ -31,10 +30,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import ROOT, Progress, percentiles, write_results
-from tests.support.redis_server import RedisServer, free_port
+from bench.common import ROOT, Progress, percentiles, start_instance, wait_ready, write_results
+from tests.support.redis_server import RedisServer
 
-EXE = Path(sys.executable).with_name("fleet-limiter")
 LEVELS = (1, 10, 50)
 MODEL = "bench-model"
 BODY = {
@@ -73,31 +71,6 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit(f"the stand-in LLM server did not start (printed {url!r})")
     return proc, url
-
-
-def start_instance(policy: Path, redis_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "FLEET_LIMITER_INSTANCE_ID": "bench-proxy"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(EXE), "serve", "--policy", str(policy), "--redis", redis_url, "--host", "127.0.0.1",
-             "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(url + "/ready") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise SystemExit(f"instance at {url} not ready within {within} s")
 
 
 async def load(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -174,11 +147,11 @@ async def run(seconds: float) -> dict[str, Any]:
             manifest = {"kind": "RateLimitPolicy", "metadata": {"name": "proxy", "namespace": "bench"}}
             policy.write_text(yaml.safe_dump({**manifest, "spec": spec(upstream)}))
             doc["policy"] = spec(upstream)
-            proc, url = start_instance(policy, redis.url, Path(tmp) / "instance.log")
+            proc, url = start_instance(policy, redis.url, "bench-proxy", log=Path(tmp) / "instance.log")
             try:
                 try:
                     async with aiohttp.ClientSession() as session:
-                        await wait_ready(session, url)
+                        await wait_ready(session, url, within=60)
                 except SystemExit:
                     print((Path(tmp) / "instance.log").read_text()[-3000:], file=sys.stderr)
                     raise
