@@ -275,14 +275,24 @@ class Consumption:
         """The body of 200 / 429 answers to ``POST /api/keys/{key}/consume``."""
         doc: dict[str, Any] = {"allowed": self.allowed, "remaining": self.remaining, "cost": self.cost}
         if not self.allowed:
-            doc["error"] = f"not enough credits: cost {self.cost}, {self.remaining} remaining"
-            doc["status"] = 429
-            if self.next_refill_ms is not None:
-                doc["nextRefillSeconds"] = _seconds(self.next_refill_ms)
-        if self.request_id is not None:
-            doc["requestId"] = self.request_id
-            doc["replayed"] = self.replayed
-        return doc
+            _refused(doc, f"cost {self.cost}", self.remaining, self.next_refill_ms)
+        return _with_request(doc, self.request_id, self.replayed)
+
+
+def _refused(doc: dict[str, Any], what: str, remaining: int, next_refill_ms: int | None) -> None:
+    """The fields of a 429 answer (consume or reserve)."""
+    doc["error"] = f"not enough credits: {what}, {remaining} remaining"
+    doc["status"] = 429
+    if next_refill_ms is not None:
+        doc["nextRefillSeconds"] = _seconds(next_refill_ms)
+
+
+def _with_request(doc: dict[str, Any], request_id: str | None, replayed: bool) -> dict[str, Any]:
+    """The idempotency fields, when the call carried a request id."""
+    if request_id is not None:
+        doc["requestId"] = request_id
+        doc["replayed"] = replayed
+    return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,14 +317,8 @@ class Reservation:
             doc["reservationId"] = self.reservation_id
             doc["deadline"] = self.deadline_ms
         else:
-            doc["error"] = f"not enough credits: reserving {self.amount}, {self.remaining} remaining"
-            doc["status"] = 429
-            if self.next_refill_ms is not None:
-                doc["nextRefillSeconds"] = _seconds(self.next_refill_ms)
-        if self.request_id is not None:
-            doc["requestId"] = self.request_id
-            doc["replayed"] = self.replayed
-        return doc
+            _refused(doc, f"reserving {self.amount}", self.remaining, self.next_refill_ms)
+        return _with_request(doc, self.request_id, self.replayed)
 
 
 @dataclass(frozen=True, slots=True)
