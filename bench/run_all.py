@@ -6,7 +6,8 @@
    the first time, nothing afterwards);
 2. bench/fleet.py: fleet-limiter's own latency, decisions/s, convergence, Redis commands per job;
 3. bench/proxy_overhead.py: the LLM proxy's added latency against calling the stand-in directly;
-4. bench/peers/compare.py: fleet-limiter side by side with envoyproxy/ratelimit, the LiteLLM proxy
+4. bench/credits.py: consume latency and throughput, Redis round trips per consume;
+5. bench/peers/compare.py: fleet-limiter side by side with envoyproxy/ratelimit, the LiteLLM proxy
    and the limits library.
 
 ``--smoke`` runs tiny durations and, unless ``--peers`` says otherwise, only the peers that need no
@@ -59,6 +60,7 @@ def main() -> int:
     )
     results["fleet"] = step("fleet benchmark", [*py, str(BENCH / "fleet.py"), *common], started)
     results["proxy"] = step("proxy overhead", [*py, str(BENCH / "proxy_overhead.py"), *common], started)
+    results["credits"] = step("credit budgets", [*py, str(BENCH / "credits.py"), *common], started)
     results["peers"] = step(
         "peers side by side", [*py, str(BENCH / "peers" / "compare.py"), *common, "--peers", peers], started
     )
