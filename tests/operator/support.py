@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 import redis
 import yaml
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, wait_until
 
 FLEET_LIMITER = Path(sys.executable).with_name("fleet-limiter")
 POLICY_LABEL = "fleetlimiter.io/policy"
@@ -31,15 +30,8 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 60, input: str 
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+    """:func:`tests.cluster.conftest.wait_until`, polling every 0.25 s: the operator's changes are timed."""
+    return wait_until(what, check, timeout, interval)
 
 
 def manifest(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
