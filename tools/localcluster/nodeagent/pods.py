@@ -139,16 +139,19 @@ class PodWorker:
         self.mark()
 
     async def terminate(self, grace: float, delete: bool) -> None:
-        """Stops every process: SIGTERM, up to `grace` seconds, SIGKILL. Then completes the deletion."""
+        """Stops every process: SIGTERM, up to `grace` seconds, SIGKILL (at once when `grace` is 0).
+        Then completes the deletion."""
         if self.stopping:
             return
         self.stopping = True
         procs = [
             c.proc for c in self.init_containers + self.containers if c.proc and c.proc.returncode is None
         ]
-        for p in procs:
+        # A grace period of 0 (a forced delete) kills at once: a SIGTERM first would let the process
+        # run its shutdown, which is exactly what a forced delete must not allow.
+        for p in procs if grace > 0 else []:
             _signal_group(p.pid, signal.SIGTERM)
-        if procs:
+        if procs and grace > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
         for p in procs:
