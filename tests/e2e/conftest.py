@@ -23,6 +23,7 @@ from tests.cluster import conftest as cluster_conftest
 from tests.e2e import env as e2e_env
 from tests.e2e.env import E2E, FleetPolicies
 from tests.e2e.kube import (
+    E2E_LABEL,
     ROOT,
     DirectAccess,
     E2EConfigError,
@@ -36,6 +37,7 @@ from tests.e2e.kube import (
     other_operators,
 )
 from tests.e2e.record import Recorder, ScenarioRecord
+from tests.operator.support import purge_stale
 from tests.support.redis_server import RedisServerMissing
 
 #: The local cluster, once per session (tests/cluster/conftest.py).
@@ -147,7 +149,7 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
                 "helm is not on PATH (FLEET_E2E_CLUSTER=kubeconfig uses the one on PATH)", pytrace=False
             )
         helm = Path(found)
-    e2e_env.purge_stale(kube, helm)
+    purge_stale(kube, helm, E2E_LABEL)
     suffix = os.urandom(3).hex()
     release, namespace = f"e2e-{suffix}", f"fleet-e2e-{suffix}"
     others = other_operators(kube)

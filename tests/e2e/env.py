@@ -122,25 +122,6 @@ class FleetPolicies(Policies):
 # -- install -------------------------------------------------------------------------------------------
 
 
-def purge_stale(cluster: Cluster, helm: Path) -> None:
-    """Remove what an interrupted run left: its policies (finalizers dropped when no operator is left to
-    run them), its releases and its namespaces (all labelled ``fleet-limiter-e2e``)."""
-    out = cluster.kubectl("get", "namespaces", "-l", E2E_LABEL, "-o", "json")
-    for ns in json.loads(out)["items"]:
-        name = ns["metadata"]["name"]
-        listing = json.loads(cluster.kubectl("get", "rlp", "-n", name, "-o", "json", check=False) or "{}")
-        for item in listing.get("items", []):
-            cluster.kubectl(
-                "patch", "rlp", item["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":[]}}', check=False,
-            )  # fmt: skip
-        for release in run([str(helm), f"--kubeconfig={cluster.kubeconfig}", "list", "-n", name, "-q"],
-                           check=False).stdout.split():  # fmt: skip
-            run([str(helm), f"--kubeconfig={cluster.kubeconfig}", "uninstall", release, "-n", name,
-                 "--wait", "--timeout", "60s"], check=False, timeout=90)  # fmt: skip
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def create_namespace(cluster: Cluster, name: str, role: str) -> None:
     """A namespace labelled as the suite's (``role``: release or policies)."""
     cluster.kubectl("create", "namespace", name)

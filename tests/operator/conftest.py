@@ -22,7 +22,7 @@ import pytest
 
 from tests.cluster import conftest as cluster_conftest
 from tests.cluster.conftest import Cluster
-from tests.operator.support import Policies, run
+from tests.operator.support import Policies, purge_stale, run
 from tests.support.redis_server import RedisServer, RedisServerMissing
 
 #: The local cluster, once per session (tests/cluster/conftest.py).
@@ -73,23 +73,6 @@ class Release:
         return f"{self.name}-fleet-limiter"
 
 
-def _purge_stale(cluster: Cluster, helm: Path) -> None:
-    """Remove what an interrupted session left: its policies (finalizers dropped, since their
-    operator is gone), its releases and its namespaces."""
-    out = cluster.kubectl("get", "namespaces", "-l", TEST_LABEL, "-o", "json")
-    for ns in json.loads(out)["items"]:
-        name = ns["metadata"]["name"]
-        listing = json.loads(cluster.kubectl("get", "rlp", "-n", name, "-o", "json", check=False) or "{}")
-        for item in listing.get("items", []):
-            cluster.kubectl(
-                "patch", "rlp", item["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":[]}}', check=False,
-            )  # fmt: skip
-        for release in run([str(helm), "list", "-n", name, "-q"], check=False).stdout.split():
-            run([str(helm), "uninstall", release, "-n", name, "--wait", "--timeout", "60s"], check=False)
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def _other_operators(cluster: Cluster, namespace: str) -> list[str]:
     out = cluster.kubectl(
         "get", "pods", "-A", "-o", "json",
@@ -105,7 +88,7 @@ def _other_operators(cluster: Cluster, namespace: str) -> list[str]:
 @pytest.fixture(scope="session")
 def release(cluster: Cluster, helm: Path, redis_server: RedisServer) -> Iterator[Release]:
     """`helm install` of charts/fleet-limiter into a fresh namespace, the session's Redis as the default."""
-    _purge_stale(cluster, helm)
+    purge_stale(cluster, helm, TEST_LABEL)
     suffix = uuid.uuid4().hex[:5]
     rel = Release(name=f"flt-{suffix}", namespace=f"flt-operator-{suffix}", redis=redis_server)
     others = _other_operators(cluster, rel.namespace)

@@ -29,6 +29,29 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 60, input: str 
     return proc
 
 
+def purge_stale(cluster: Cluster, helm: Path, label: str) -> None:
+    """Remove what an interrupted run left in the namespaces labelled ``label``: its policies
+    (finalizers dropped, since no operator is left to run them), its Helm releases and the
+    namespaces themselves."""
+    helm_argv = [str(helm), f"--kubeconfig={cluster.kubeconfig}"]
+    out = cluster.kubectl("get", "namespaces", "-l", label, "-o", "json")
+    for ns in json.loads(out)["items"]:
+        name = ns["metadata"]["name"]
+        listing = json.loads(cluster.kubectl("get", "rlp", "-n", name, "-o", "json", check=False) or "{}")
+        for item in listing.get("items", []):
+            cluster.kubectl(
+                "patch", "rlp", item["metadata"]["name"], "-n", name, "--type=merge",
+                "-p", '{"metadata":{"finalizers":[]}}', check=False,
+            )  # fmt: skip
+        for release in run([*helm_argv, "list", "-n", name, "-q"], check=False).stdout.split():
+            run(
+                [*helm_argv, "uninstall", release, "-n", name, "--wait", "--timeout", "60s"],
+                check=False,
+                timeout=90,
+            )
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
     """:func:`tests.cluster.conftest.wait_until`, polling every 0.25 s: the operator's changes are timed."""
     return wait_until(what, check, timeout, interval)
