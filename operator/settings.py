@@ -21,6 +21,11 @@ class SettingsError(ValueError):
     """A variable with a value the operator cannot use; the message names it."""
 
 
+def is_namespace_name(name: str) -> bool:
+    """Whether ``name`` is a valid namespace name (a DNS label)."""
+    return bool(_NAME.match(name))
+
+
 @dataclass(frozen=True, slots=True)
 class OperatorSettings:
     """How the operator runs and what it puts into the limiter pods it creates."""
@@ -93,7 +98,7 @@ class OperatorSettings:
         if raw := get("OPERATOR_NAMESPACES"):
             names = tuple(n.strip() for n in raw.split(",") if n.strip())
             for n in names:
-                if not _NAME.match(n):
+                if not is_namespace_name(n):
                     raise SettingsError(
                         f"{PREFIX}OPERATOR_NAMESPACES: {n!r} is not a namespace name (exact names, "
                         "comma-separated; patterns are not supported)"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import conftest as cluster_conftest
+from tests.cluster.conftest import Cluster
 from tests.e2e import env as e2e_env
 from tests.e2e.env import E2E, FleetPolicies
 from tests.e2e.kube import (
@@ -56,11 +57,12 @@ def _settings() -> Settings:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The demo (tools/demo.py) runs on the local control plane only: on another cluster its test is
-    deselected (reported as such), never skipped."""
+    """The demo (tools/demo.py) runs on the local control plane only: on another cluster its tests
+    (and those that interrupt it) are deselected (reported as such), never skipped."""
     if os.environ.get("FLEET_E2E_CLUSTER", "local") == "local":
         return
-    demo = [i for i in items if i.nodeid.startswith("tests/e2e/test_0_demo.py")]
+    local_only = ("tests/e2e/test_0_demo.py", "tests/e2e/test_0_interrupted.py")
+    demo = [i for i in items if i.nodeid.startswith(local_only)]
     if demo:
         config.hook.pytest_deselected(items=demo)
         items[:] = [i for i in items if i not in demo]
@@ -127,29 +129,58 @@ def record(e2e_recorder: Recorder, request: pytest.FixtureRequest) -> Iterator[S
     e2e_recorder.write()
 
 
-@pytest.fixture(scope="package")
-def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
-    """The chart installed with Helm for the package, on the cluster the settings name, with its Redis."""
+@dataclasses.dataclass(frozen=True)
+class Tools:
+    """The cluster the settings name and the helm that installs on it."""
+
+    settings: Settings
+    kube: Cluster
+    helm: Path
+
+
+@pytest.fixture(scope="session")
+def e2e_cluster(request: pytest.FixtureRequest) -> Tools:
+    """The cluster of the suite (local, or ``$KUBECONFIG``) with its helm."""
     settings = _settings()
     if settings.cluster == "local":
         local = request.getfixturevalue("cluster")
-        kube, helm = local, local.bin_dir / "helm"
+        helm = local.bin_dir / "helm"
         if not helm.exists():
             pytest.fail(
                 f"{helm} is missing: run `make cluster-build` (it builds kubectl and helm)", pytrace=False
             )
-    else:
-        try:
-            kube = external_cluster()
-        except E2EConfigError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        found = shutil.which("helm")
-        if not found:
-            pytest.fail(
-                "helm is not on PATH (FLEET_E2E_CLUSTER=kubeconfig uses the one on PATH)", pytrace=False
-            )
-        helm = Path(found)
-    purge_stale(kube, helm, E2E_LABEL)
+        return Tools(settings, local, helm)
+    try:
+        kube = external_cluster()
+    except E2EConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    found = shutil.which("helm")
+    if not found:
+        pytest.fail("helm is not on PATH (FLEET_E2E_CLUSTER=kubeconfig uses the one on PATH)", pytrace=False)
+    return Tools(settings, kube, Path(found))
+
+
+@pytest.fixture(scope="session")
+def swept(e2e_cluster: Tools) -> Tools:
+    """What an interrupted run of the suite left (namespaces labelled ``fleet-limiter-e2e``: its
+    operator, policies, pods) is removed once, before the session's first test on the cluster."""
+    purge_stale(e2e_cluster.kube, e2e_cluster.helm, E2E_LABEL)
+    return e2e_cluster
+
+
+@pytest.fixture(autouse=True)
+def _sweep_first(request: pytest.FixtureRequest) -> None:
+    """Every test on the cluster, whichever runs first (the demo's uses only ``cluster``), starts
+    after the sweep; the package install depends on it directly, since it is set up before any
+    function-scoped fixture."""
+    if {"cluster", "e2e", "e2e_cluster"} & set(request.fixturenames):
+        request.getfixturevalue("swept")
+
+
+@pytest.fixture(scope="package")
+def e2e(swept: Tools) -> Iterator[E2E]:
+    """The chart installed with Helm for the package, on the cluster the settings name, with its Redis."""
+    settings, kube, helm = swept.settings, swept.kube, swept.helm
     suffix = os.urandom(3).hex()
     release, namespace = f"e2e-{suffix}", f"fleet-e2e-{suffix}"
     others = other_operators(kube)

@@ -30,7 +30,7 @@ from tests.e2e.kube import (
 )
 from tests.e2e.observe import FleetWatch
 from tests.e2e.record import ScenarioRecord
-from tests.operator.support import Policies, plan, wait_for
+from tests.operator.support import Policies, plan, uninstall_release, wait_for
 
 
 @dataclass
@@ -147,13 +147,12 @@ def install(
 
 
 def uninstall(cluster: Cluster, helm: Path, release: str, namespace: str) -> None:
-    """``helm uninstall`` and the namespace; waits until the operator's pods are gone, so a later
-    install (tests/operator's) never finds two operators."""
-    run(
-        [str(helm), "uninstall", release, "-n", namespace, f"--kubeconfig={cluster.kubeconfig}",
-         "--wait", "--timeout", "90s"],
-        check=False, timeout=120,
-    )  # fmt: skip
+    """``helm uninstall`` (the documented one: its check refuses while policies exist) and the
+    namespace; waits until the operator's pods are gone, so a later install (tests/operator's) never
+    finds two operators. A refusal still removes the release (without the check), then fails."""
+    uninstalled = uninstall_release(cluster, helm, release, namespace)
+    if uninstalled.returncode != 0:
+        uninstall_release(cluster, helm, release, namespace, hooks=False)
     selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and cluster.kubectl(
@@ -161,6 +160,8 @@ def uninstall(cluster: Cluster, helm: Path, release: str, namespace: str) -> Non
     ):
         time.sleep(0.5)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    if uninstalled.returncode != 0:
+        raise AssertionError(f"helm uninstall {release} refused:\n{uninstalled.stderr}")
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import yaml
 from tests.cluster.conftest import Cluster, wait_until
 
 FLEET_LIMITER = Path(sys.executable).with_name("fleet-limiter")
+#: The operator's command line, for its uninstall commands (check-uninstall, release-finalizers).
+OPERATOR_CLI = Path(sys.executable).with_name("fleet-limiter-operator")
 POLICY_LABEL = "fleetlimiter.io/policy"
 
 
@@ -29,27 +32,64 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 60, input: str 
     return proc
 
 
-def purge_stale(cluster: Cluster, helm: Path, label: str) -> None:
-    """Remove what an interrupted run left in the namespaces labelled ``label``: its policies
-    (finalizers dropped, since no operator is left to run them), its Helm releases and the
-    namespaces themselves."""
-    helm_argv = [str(helm), f"--kubeconfig={cluster.kubeconfig}"]
+def uninstall_release(
+    cluster: Cluster, helm: Path, release: str, namespace: str, *, hooks: bool = True
+) -> Any:
+    """``helm uninstall --wait`` (its pre-delete hook refuses while policies exist, unless ``hooks`` is
+    False); the CompletedProcess."""
+    argv = [str(helm), "uninstall", release, "-n", namespace, f"--kubeconfig={cluster.kubeconfig}",
+            "--wait", "--timeout", "90s", *([] if hooks else ["--no-hooks"])]  # fmt: skip
+    return run(argv, check=False, timeout=120)
+
+
+def purge_stale(cluster: Cluster, helm: Path, label: str, policy_wait: float = 15) -> None:
+    """Remove what an interrupted run left in the namespaces labelled ``label``, in the order of
+    docs/operator.md#uninstall: its policies are deleted while its operator may still run their
+    finalizer (``policy_wait`` seconds); its Helm releases are uninstalled (without the pre-delete
+    check when policies are left: their operator is gone or cannot reach the run's Redis any more);
+    what is left is released with ``fleet-limiter-operator release-finalizers``; then the namespaces
+    go, and no namespace of the run is left Terminating."""
     out = cluster.kubectl("get", "namespaces", "-l", label, "-o", "json")
-    for ns in json.loads(out)["items"]:
-        name = ns["metadata"]["name"]
-        listing = json.loads(cluster.kubectl("get", "rlp", "-n", name, "-o", "json", check=False) or "{}")
-        for item in listing.get("items", []):
-            cluster.kubectl(
-                "patch", "rlp", item["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":[]}}', check=False,
-            )  # fmt: skip
-        for release in run([*helm_argv, "list", "-n", name, "-q"], check=False).stdout.split():
-            run(
-                [*helm_argv, "uninstall", release, "-n", name, "--wait", "--timeout", "60s"],
-                check=False,
-                timeout=90,
-            )
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    names = sorted(ns["metadata"]["name"] for ns in json.loads(out)["items"])
+    if not names:
+        return
+    print(f"removing what an interrupted run left in {', '.join(names)}", file=sys.stderr)
+
+    def policies_left() -> list[str]:
+        return [
+            line
+            for ns in names
+            for line in cluster.kubectl("get", "rlp", "-n", ns, "-o", "name", check=False).split()
+        ]
+
+    for ns in names:
+        cluster.kubectl("delete", "rlp", "--all", "-n", ns, "--wait=false", check=False)
+    deadline = time.monotonic() + policy_wait
+    while policies_left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stuck = bool(policies_left())
+    helm_argv = [str(helm), f"--kubeconfig={cluster.kubeconfig}"]
+    for ns in names:
+        for release in run([*helm_argv, "list", "-n", ns, "-q"], check=False).stdout.split():
+            if stuck or uninstall_release(cluster, helm, release, ns).returncode != 0:
+                uninstall_release(cluster, helm, release, ns, hooks=False)
+    if stuck:
+        released = run(
+            [str(OPERATOR_CLI), "release-finalizers", f"--kubeconfig={cluster.kubeconfig}",
+             *(arg for ns in names for arg in ("-n", ns))],
+        )  # fmt: skip
+        print(released.stdout, end="", file=sys.stderr)
+    cluster.kubectl("delete", "namespace", *names, "--wait=false", check=False)
+    wait_for(
+        f"the namespaces {', '.join(names)} of an interrupted run to go",
+        lambda: (
+            not cluster.kubectl(
+                "get", "namespaces", *names, "--ignore-not-found", "-o", "name", check=False
+            ).strip()
+        ),
+        timeout=120,
+        interval=0.5,
+    )
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:

@@ -10,7 +10,7 @@ import pytest
 OPERATOR = Path(__file__).parents[2] / "operator"
 PURE = ["builders", "status", "diffs", "settings"]
 FORBIDDEN = {"kopf", "kubernetes", "redis", "aiohttp", "asyncio", "socket", "urllib3", "requests", "time"}
-ADAPTERS = {"handlers", "kube", "projection", "main", "metrics"}
+ADAPTERS = {"handlers", "kube", "projection", "main", "metrics", "uninstall"}
 
 
 @pytest.mark.parametrize("module", PURE)
