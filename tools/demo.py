@@ -44,9 +44,13 @@ LOCALCLUSTER = ROOT / "tools" / "localcluster"
 CHART = ROOT / "charts" / "fleet-limiter"
 KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
 RUN = ROOT / ".run" / "demo"
+REDIS_PID = RUN / "redis.pid"
 RELEASE = "fleet-limiter-demo"
 NAMESPACE = "fleet-limiter-demo"
+#: Label of the demo's namespace, so that the next run finds what an interrupted one left.
+DEMO_LABEL = "fleet-limiter-demo"
 POLICY_LABEL = "fleetlimiter.io/policy"
+OPERATOR_CLI = Path(sys.executable).with_name("fleet-limiter-operator")
 
 
 class DemoError(Exception):
@@ -162,6 +166,62 @@ class Demo:
         if proc.returncode != 0:
             raise DemoError("the local control plane did not come up (see above)")
 
+    def remove_leftovers(self) -> None:
+        """What an interrupted demo left (its namespace, found by label: the operator, the policy and
+        its pods; its Redis), removed in the order of docs/operator.md#uninstall. Its Redis goes last:
+        its operator, if it still runs, needs it to remove the policy's keys."""
+        found = self.kubectl("get", "namespaces", "-l", DEMO_LABEL, "-o", "name").split()
+        if self.kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name").strip():
+            found.append(f"namespace/{NAMESPACE}")
+        names = sorted({n.removeprefix("namespace/") for n in found})
+        for ns in names:
+            self.step(f"removing what an interrupted demo left in namespace {ns}")
+            self.quietly(self.kubectl, "delete", "rlp", "--all", "-n", ns, "--wait=false")
+            deadline = time.monotonic() + 20  # its operator, if it still runs, finishes them
+            while self.kubectl("get", "rlp", "-n", ns, "-o", "name").strip() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            stuck = bool(self.kubectl("get", "rlp", "-n", ns, "-o", "name").strip())
+            for release in self.helm("list", "-n", ns, "-q").split():
+                hooks = ["--no-hooks"] if stuck else []
+                try:
+                    self.helm("uninstall", release, "-n", ns, "--wait", "--timeout", "90s", *hooks)
+                except DemoError:
+                    stuck = True
+                    self.quietly(self.helm, "uninstall", release, "-n", ns, "--wait", "--no-hooks")
+            if stuck:  # no operator left to run their finalizer: release it
+                out = self.run(
+                    [str(OPERATOR_CLI), "release-finalizers", f"--kubeconfig={KUBECONFIG}", "-n", ns]
+                )
+                for line in out.splitlines():
+                    self.step.detail(line)
+            self.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=120s", timeout=130)
+        self.stop_stale_redis()
+
+    def stop_stale_redis(self) -> None:
+        """The Redis of an interrupted demo (its own session: a killed demo leaves it running)."""
+        ours = False
+        try:
+            pid = int(REDIS_PID.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            REDIS_PID.unlink(missing_ok=True)
+            return
+        # Redis rewrites its command line to "redis-server HOST:PORT": the program is its first word;
+        # it runs in its --dir, so a recycled pid of another redis-server is left alone.
+        program = cmdline[0].decode(errors="replace").split(" ", 1)[0] if cmdline else ""
+        with contextlib.suppress(OSError):
+            ours = (
+                Path(program).name == "redis-server" and Path(f"/proc/{pid}/cwd").resolve() == RUN.resolve()
+            )
+        if ours:
+            self.step(f"stopping the Redis of an interrupted demo (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        REDIS_PID.unlink(missing_ok=True)
+
     def check_alone(self) -> None:
         out = json.loads(
             self.kubectl(
@@ -172,7 +232,7 @@ class Demo:
         others = [
             f"{p['metadata']['namespace']}/{p['metadata']['name']}"
             for p in out["items"]
-            if p["metadata"]["namespace"] != NAMESPACE and not p["metadata"].get("deletionTimestamp")
+            if not p["metadata"].get("deletionTimestamp")
         ]
         if others:
             raise DemoError(
@@ -180,11 +240,6 @@ class Demo:
                 "the demo's policy too: uninstall it (helm uninstall -n NAMESPACE RELEASE) or wait for the "
                 "tests that installed it"
             )
-        if self.kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name").strip():
-            self.step(f"removing what an interrupted demo left in namespace {NAMESPACE}")
-            self.remove_policy(drop_finalizers=True)
-            self.quietly(self.helm, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "60s")
-            self.kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s", timeout=130)
 
     def start_redis(self) -> None:
         redis_server = shutil.which("redis-server")
@@ -211,11 +266,13 @@ class Demo:
             if self.redis.poll() is not None or time.monotonic() > deadline:
                 raise DemoError(f"redis-server did not start; see {RUN / 'redis.log'}")
             time.sleep(0.05)
+        REDIS_PID.write_text(str(self.redis.pid))
         self.step(f"a private Redis on 127.0.0.1:{port} (log: {RUN.relative_to(ROOT)}/redis.log)")
 
     def install(self) -> None:
         self.step(f"helm install {RELEASE} charts/fleet-limiter -n {NAMESPACE} (the operator, the CRD, RBAC)")
         self.kubectl("create", "namespace", NAMESPACE)
+        self.kubectl("label", "namespace", NAMESPACE, f"{DEMO_LABEL}=run")
         if self.kubectl(
             "get", "crd", "ratelimitpolicies.fleetlimiter.io", "--ignore-not-found", "-o", "name"
         ):
@@ -269,15 +326,8 @@ class Demo:
             self.step.detail(line)
         return urls
 
-    def remove_policy(self, *, drop_finalizers: bool = False) -> None:
+    def remove_policy(self) -> None:
         """Delete the policies (the operator's finalizer stops the pods and removes the Redis keys)."""
-        if drop_finalizers:  # an interrupted run's operator may be gone: nobody would run them
-            with contextlib.suppress(DemoError):
-                for item in json.loads(self.kubectl("get", "rlp", "-n", NAMESPACE, "-o", "json"))["items"]:
-                    self.kubectl(
-                        "patch", "rlp", item["metadata"]["name"], "-n", NAMESPACE, "--type=merge",
-                        "-p", '{"metadata":{"finalizers":[]}}',
-                    )  # fmt: skip
         self.quietly(
             self.kubectl,
             "delete",
@@ -306,6 +356,7 @@ class Demo:
                 except subprocess.TimeoutExpired:
                     self.redis.kill()
                     self.redis.wait()
+            REDIS_PID.unlink(missing_ok=True)
         self.step("done; the local control plane keeps running (`make cluster-down` stops it)")
 
 
@@ -420,6 +471,7 @@ def main() -> int:
     with sigterm_as_interrupt():
         try:
             demo.cluster_up()
+            demo.remove_leftovers()
             demo.check_alone()
             demo.start_redis()
             demo.install()
