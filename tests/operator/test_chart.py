@@ -181,6 +181,9 @@ def test_notes_tell_the_next_command(cluster: Cluster, helm: Path) -> None:
 
     text = notes()
     assert "kubectl apply -n default -f" in text and "kubectl get rlp" in text
+    # How to uninstall: the policies first, then the release; the finalizers when the operator is gone.
+    assert "kubectl delete rlp --all --all-namespaces\n  helm uninstall fl -n fleet-system" in text
+    assert "fleet-limiter-operator release-finalizers" in text
     assert "the in-chart Redis" in text
     assert "WARNING: no default Redis" in notes("--set", "redis.enabled=false")
     assert "dashboard" not in text
