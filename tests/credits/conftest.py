@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.credits import CreditStore
+from limiter.redis.creditstore import CreditStore
 from tests.fleet.conftest import Fleet, Instance
 from tests.support.redis_server import RedisServer, RedisServerMissing
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from limiter.credits_model import (
+from limiter.core.credits import (
     MAX_CREDITS,
     STATE_FIELDS,
     Consumption,
@@ -21,7 +21,7 @@ from limiter.credits_model import (
     check_request_id,
     reservation_deadline_ms,
 )
-from limiter.keys import PolicyKeys, credit_key_id
+from limiter.redis.keys import PolicyKeys, credit_key_id
 
 LIMITER = Path(__file__).parents[2] / "limiter"
 

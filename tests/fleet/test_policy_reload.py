@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from limiter.store import RedisStore
+from limiter.redis.fleetstore import RedisStore
 from tests.fleet.conftest import EXE, Fleet, Instance, http, wait_until
 from tests.support.redis_server import RedisServer, free_port
 

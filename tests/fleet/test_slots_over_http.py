@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from limiter.allocation import compute_allocation
-from limiter.policy import parse_policy
+from limiter.core.allocation import compute_allocation
+from limiter.core.policy import parse_policy
 from tests.fleet.conftest import Fleet, wait_until
 
 TWO_TPM = [

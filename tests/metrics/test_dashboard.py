@@ -13,7 +13,7 @@ from limiter_operator.builders import parse_policy
 from limiter_operator.metrics import OperatorMetrics, serve
 from limiter_operator.status import FleetState, Observation, RedisState, build_status
 
-from limiter.membership import AllocationRecord, PoolRecord
+from limiter.core.membership import AllocationRecord, PoolRecord
 from tests.metrics.conftest import DASHBOARD
 from tests.metrics.promql import expressions, missing, panels, series_labels, usage
 

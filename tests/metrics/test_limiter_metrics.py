@@ -8,12 +8,15 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from limiter.instance import LimiterInstance, NotReady
-from limiter.metrics import WAIT_BUCKETS, Histogram, registry_for, render
-from limiter.policy import PolicySpec
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
+from limiter.core.admission import NotReady
+from limiter.core.policy import PolicySpec
+from limiter.core.stats import WAIT_BUCKETS, Histogram
+from limiter.fleet.instance import LimiterInstance
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
+from limiter.web.metrics import InstanceCollector
 from tests.fleet.conftest import Fleet, Instance, wait_until
 from tests.metrics.conftest import MODEL
 from tests.metrics.promql import samples, value
@@ -137,7 +140,9 @@ async def test_not_ready_is_a_refusal_and_an_unjoined_instance_still_renders() -
         with pytest.raises(NotReady):
             await inst.acquire("only")
         assert inst.acquires.refusals == {("", "not_ready"): 1}  # no policy installed yet: no job types
-        text = render(registry_for(inst)).decode()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(InstanceCollector(inst))
+        text = generate_latest(registry).decode()
         assert value(text, "fleet_limiter_ready") == 0 and value(text, "fleet_limiter_redis_up") == 0
         assert "fleet_limiter_slots" not in text
     finally:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from limiter import crd
-from limiter.k8s_status import PolicyStatus
-from limiter.policy import JobType, PolicySpec
+from limiter.core.policy import JobType, PolicySpec
+from limiter.k8s import crd
+from limiter.k8s.status import PolicyStatus
 
 ROOT = Path(__file__).parents[2]
 

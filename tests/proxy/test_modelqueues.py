@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from limiter.modelqueues import BUCKETS, ModelQueue, Timing
+from limiter.proxy.queues import BUCKETS, ModelQueue, Timing
 
 
 @pytest.mark.parametrize(

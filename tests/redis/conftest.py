@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.store import RedisStore
+from limiter.redis.fleetstore import RedisStore
 from tests.support.redis_server import RedisServer, new_server
 
 #: A small policy: TPM 100K shared by a (10K tokens, 0.6) and b (5K, 0.4), plus RPM on a second model.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.fleetbudget import BudgetAsk
-from limiter.store import RedisStore, StoreUnavailable
+from limiter.core.windows import BudgetAsk
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.plumbing import StoreUnavailable
 from tests.redis.conftest import SPEC, new_server
 from tests.support.redis_server import RedisServer
 

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limiter.allocation import compute_allocation
-from limiter.policy import PolicySpec
-from limiter.store import RedisStore
+from limiter.core.allocation import compute_allocation
+from limiter.core.policy import PolicySpec
+from limiter.redis.fleetstore import RedisStore
 from tests.redis.conftest import SPEC
 from tests.support.redis_server import RedisServer
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.membership import AllocationRecord
-from limiter.store import AllocationSubscription, RedisStore, StoreUnavailable
+from limiter.core.membership import AllocationRecord
+from limiter.redis.fleetstore import AllocationSubscription, RedisStore
+from limiter.redis.plumbing import StoreUnavailable
 from tests.redis.conftest import SPEC
 from tests.support.redis_server import RedisServer
 
