@@ -11,7 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.credits.conftest import call, new_key, new_server, put_key, start_nodes
+from tests.credits.conftest import call, new_key, put_key, start_nodes
+from tests.support.redis_server import new_server
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 

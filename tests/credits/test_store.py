@@ -18,7 +18,8 @@ from redis.crc import key_slot
 from limiter.core.credits import InvalidInput, Refill, RequestConflict, UnknownKey, UnknownReservation
 from limiter.redis.creditstore import CreditStore
 from limiter.redis.keys import credit_key_id
-from tests.credits.conftest import new_key, new_server
+from tests.credits.conftest import new_key
+from tests.support.redis_server import new_server
 
 pytestmark = pytest.mark.redis
 

@@ -13,8 +13,10 @@ from typing import Any, BinaryIO
 import pytest
 
 from limiter.redis.fleetstore import RedisStore
-from tests.fleet.conftest import EXE, Fleet, Instance, http, wait_until
+from tests.support.fleet import EXE, Fleet, Instance
+from tests.support.http import http
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_until
 
 SPEC: dict[str, Any] = {
     "models": [{"name": "m", "limits": {"tokensPerMinute": 100000}}],
@@ -112,18 +114,18 @@ def hammer_until_refused(inst: Instance, limit: int) -> int:
 
 @pytest.mark.timeout(120)
 def test_redis_flush_mid_minute_never_readmits_the_spent_budget(
-    tmp_path: Path, fresh_redis: RedisServer
+    tmp_path: Path, fresh_redis_server: RedisServer
 ) -> None:
-    f = Fleet(tmp_path, fresh_redis.url)
+    f = Fleet(tmp_path, fresh_redis_server.url)
     try:
         f.write_policy("flush", SPEC)
         a, b = f.start(2)
-        now = float(fresh_redis.command("TIME").split(b"\r\n")[2])
+        now = float(fresh_redis_server.command("TIME").split(b"\r\n")[2])
         if 60 - now % 60 < 30:  # keep the whole test inside one UTC minute
             time.sleep(60 - now % 60 + 0.2)
         spent = hammer_until_refused(a, 50) + hammer_until_refused(b, 50)
         assert spent == 100000
-        fresh_redis.restart(flush=True)
+        fresh_redis_server.restart(flush=True)
         wait_until(lambda: http("GET", a.url + "/ready")[0] == 200 and http("GET", b.url + "/ready")[0] == 200
                    and a.allocation()["allocation"]["instanceCount"] == 2, timeout=6)  # fmt: skip
         time.sleep(1.5)  # reconciliation charges run right after the instances notice the loss

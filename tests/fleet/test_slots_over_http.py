@@ -12,7 +12,8 @@ import pytest
 
 from limiter.core.allocation import compute_allocation
 from limiter.core.policy import parse_policy
-from tests.fleet.conftest import Fleet, wait_until
+from tests.support.fleet import Fleet
+from tests.support.waiting import wait_until
 
 TWO_TPM = [
     {"name": "A", "ratio": 0.6, "estimate": {"tokens": 10000}},

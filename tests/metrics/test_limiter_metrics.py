@@ -17,9 +17,10 @@ from limiter.fleet.instance import LimiterInstance
 from limiter.fleet.settings import ServeSettings
 from limiter.redis.fleetstore import RedisStore
 from limiter.web.metrics import InstanceCollector
-from tests.fleet.conftest import Fleet, Instance, wait_until
 from tests.metrics.conftest import MODEL
 from tests.metrics.promql import samples, value
+from tests.support.fleet import Fleet, Instance
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, wait_until
 from tests.proxy.conftest import ENV, admin_update, burst, model, settled, spec, stats
+from tests.support.fleet import Fleet, Instance
+from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, http
 from tests.proxy.conftest import ENV, model, spec
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 
 JOB_TYPES = [
     {"name": "chat", "ratio": 0.5, "estimate": {"tokens": 100, "memoryKB": 256}, "queue": {"maxWaiting": 10}},

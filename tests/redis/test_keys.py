@@ -12,8 +12,8 @@ from limiter.core.policy import WINDOW_LIMITS
 from limiter.core.windows import BudgetAsk
 from limiter.redis.fleetstore import RedisStore
 from limiter.redis.keys import PolicyKeys
-from tests.redis.conftest import SPEC, new_server
-from tests.support.redis_server import RedisServer
+from tests.redis.conftest import SPEC
+from tests.support.redis_server import RedisServer, new_server
 
 
 def slot(key: str | bytes) -> int:

@@ -7,8 +7,8 @@ import pytest
 from limiter.core.windows import BudgetAsk
 from limiter.redis.fleetstore import RedisStore
 from limiter.redis.plumbing import StoreUnavailable
-from tests.redis.conftest import SPEC, new_server
-from tests.support.redis_server import RedisServer
+from tests.redis.conftest import SPEC
+from tests.support.redis_server import RedisServer, new_server
 
 pytestmark = pytest.mark.redis
 
