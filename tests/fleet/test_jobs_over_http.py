@@ -79,8 +79,7 @@ def test_waiting_jobs_get_slots_as_others_release(fleet: Fleet) -> None:
     held = [acquire(a, "only")[1] for _ in range(2)]
     with ThreadPoolExecutor(4) as pool:
         waiting = [pool.submit(acquire, a, "only", 10) for _ in range(4)]
-        time.sleep(0.3)
-        assert a.allocation()["jobTypes"]["only"]["waiting"] == 4
+        wait_until(lambda: a.allocation()["jobTypes"]["only"]["waiting"] == 4, 5, what="four waiting jobs")
         for lease in held:
             release(a, lease)
         # Two waiters get the two freed slots (which two depends on the threads' arrival order).
