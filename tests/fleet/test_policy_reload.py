@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,7 +15,7 @@ from limiter.redis.keys import PolicyKeys
 from tests.support.fleet import EXE, Fleet, Instance
 from tests.support.http import http
 from tests.support.redis_server import RedisServer, free_port
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_for_fresh_minute, wait_until
 
 SPEC: dict[str, Any] = {
     "models": [{"name": "m", "limits": {"tokensPerMinute": 100000}}],
@@ -128,23 +127,17 @@ def minute_used(redis: RedisServer, policy: str) -> int:
 
 @pytest.mark.timeout(120)
 def test_redis_flush_mid_minute_never_readmits_the_spent_budget(
-    tmp_path: Path, fresh_redis_server: RedisServer
+    fresh_fleet: Fleet, fresh_redis_server: RedisServer
 ) -> None:
-    f = Fleet(tmp_path, fresh_redis_server.url)
-    try:
-        f.write_policy("flush", SPEC)
-        a, b = f.start(2)
-        now = float(fresh_redis_server.command("TIME").split(b"\r\n")[2])
-        if 60 - now % 60 < 30:  # keep the whole test inside one UTC minute
-            time.sleep(60 - now % 60 + 0.2)
-        spent = hammer_until_refused(a, 50) + hammer_until_refused(b, 50)
-        assert spent == 100000
-        fresh_redis_server.restart(flush=True)
-        wait_until(lambda: http("GET", a.url + "/ready")[0] == 200 and http("GET", b.url + "/ready")[0] == 200
-                   and a.allocation()["allocation"]["instanceCount"] == 2, timeout=6)  # fmt: skip
-        # Reconciliation charges run right after the instances notice the loss.
-        wait_until(lambda: minute_used(fresh_redis_server, "flush") >= 100000, 10, what="the charges back")
-        # The instances put back what they held: the minute stays spent for the whole fleet.
-        assert hammer_until_refused(a, 5) == 0 and hammer_until_refused(b, 5) == 0
-    finally:
-        f.close()
+    fresh_fleet.write_policy("flush", SPEC)
+    a, b = fresh_fleet.start(2)
+    wait_for_fresh_minute(fresh_redis_server, 30)  # keep the whole test inside one UTC minute
+    spent = hammer_until_refused(a, 50) + hammer_until_refused(b, 50)
+    assert spent == 100000
+    fresh_redis_server.restart(flush=True)
+    wait_until(lambda: http("GET", a.url + "/ready")[0] == 200 and http("GET", b.url + "/ready")[0] == 200
+               and a.allocation()["allocation"]["instanceCount"] == 2, timeout=6)  # fmt: skip
+    # Reconciliation charges run right after the instances notice the loss.
+    wait_until(lambda: minute_used(fresh_redis_server, "flush") >= 100000, 10, what="the charges back")
+    # The instances put back what they held: the minute stays spent for the whole fleet.
+    assert hammer_until_refused(a, 5) == 0 and hammer_until_refused(b, 5) == 0

@@ -4,7 +4,6 @@ waits, memory, window budgets, Redis round trips and credit decisions (docs/metr
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -20,7 +19,8 @@ from limiter.web.metrics import InstanceCollector
 from tests.metrics.conftest import MODEL
 from tests.metrics.promql import samples, value
 from tests.support.fleet import Fleet, Instance
-from tests.support.waiting import wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for_fresh_minute, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -103,12 +103,11 @@ def _queue_policy() -> dict[str, Any]:
 
 
 @pytest.mark.timeout(60)
-def test_refusal_reasons_queue_full_and_budget(fleet: Fleet) -> None:
+def test_refusal_reasons_queue_full_and_budget(fleet: Fleet, redis_server: RedisServer) -> None:
     fleet.write_policy("metrics-reasons", _queue_policy())
     (inst,) = fleet.start(1)
     # One slot (1000 TPM / 600 tokens). Windows are UTC minutes: keep the test inside one.
-    while time.time() % 60 > 45:
-        time.sleep(0.5)
+    wait_for_fresh_minute(redis_server, 15)
     status, lease, _ = inst.post("/api/jobs/acquire", {"jobType": "only", "waitSeconds": 5})
     assert status == 200
     answers: list[int] = []

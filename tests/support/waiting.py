@@ -4,6 +4,7 @@
 seconds it fails the test naming what it waited for and the check's last answer. Tests that
 measure how long something took time the call themselves. ``wait_until_async`` is the same loop
 for checks that need the event loop to run in between (in-process tasks, async clients).
+``wait_for_fresh_minute`` is the one deliberate sleep: a window must not end mid-test.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from tests.support.redis_server import RedisServer
 
 T = TypeVar("T")
 
@@ -52,3 +55,12 @@ async def wait_until_async(
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout, last)
         await asyncio.sleep(interval)
+
+
+def wait_for_fresh_minute(redis: RedisServer, need_seconds: float) -> None:
+    """Sleep until the current UTC minute by Redis's clock has ``need_seconds`` left, so a test of
+    per-minute budgets stays inside one window (the windows are UTC minutes of Redis TIME)."""
+    now = float(redis.command("TIME").split(b"\r\n")[2])
+    left = 60 - now % 60
+    if left < need_seconds:
+        time.sleep(left + 0.2)
