@@ -49,7 +49,7 @@ async def wait_until_async(
     deadline = time.monotonic() + timeout
     while True:
         answer = check()
-        last: T = await answer if inspect.isawaitable(answer) else answer  # type: ignore[assignment]
+        last: T = await answer if inspect.isawaitable(answer) else answer
         if last:
             return last
         if time.monotonic() > deadline:
