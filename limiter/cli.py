@@ -47,7 +47,9 @@ def _root() -> None:
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one line to stderr and exit."""
-    print(f"fleet-limiter: error: {message}", file=sys.stderr)
+    # Whatever a policy holds (a lone surrogate, a control character) prints as one safe line.
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", " ")
+    print(f"fleet-limiter: error: {safe}", file=sys.stderr)
     raise typer.Exit(code)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from limiter.core.policy import WINDOW_LIMITS, PolicySpec
+from limiter.core.policy import WINDOW_LIMITS, ModelSpec, PolicySpec
 
 Mode = Literal["local", "granted"]
 
@@ -36,6 +36,41 @@ def window_id(now: float, seconds: int) -> int:
 def window_end(now: float, seconds: int) -> float:
     """When the window that contains ``now`` ends."""
     return float((window_id(now, seconds) + 1) * seconds)
+
+
+def usage_bounds(model: ModelSpec) -> dict[str, tuple[str, int]]:
+    """Per dimension (tokens, requests): the smallest window limit of ``model`` on it, with its name.
+
+    One job can never be granted more than that (a reservation above it could never fit a window),
+    so a reported usage above it is an error of the reporter, not usage: charging it would fill a
+    window with overage and block the model until the window ends (a whole UTC day for a daily
+    limit). Below the bound, overage is charged in full.
+    """
+    limits = model.limits.as_dict()
+    bounds: dict[str, tuple[str, int]] = {}
+    for name, (dimension, _) in WINDOW_LIMITS.items():
+        if name in limits and (dimension not in bounds or limits[name] < bounds[dimension][1]):
+            bounds[dimension] = (name, limits[name])
+    return bounds
+
+
+def usage_problems(model: ModelSpec, actual: Mapping[str, int]) -> list[str]:
+    """Why a reported usage cannot be settled on ``model`` (empty: it can); see :func:`usage_bounds`."""
+    problems = []
+    for dimension, (name, bound) in usage_bounds(model).items():
+        value = actual.get(dimension)
+        if value is not None and value > bound:
+            problems.append(
+                f"actual.{dimension}: {value} is not valid: above what one job can use on model "
+                f"'{model.name}' ({name} is {bound}); report at most {bound}"
+            )
+    return problems
+
+
+def clamp_usage(model: ModelSpec, actual: Mapping[str, int]) -> dict[str, int]:
+    """``actual`` with every dimension capped at its bound (for usage read from an upstream's answer)."""
+    bounds = usage_bounds(model)
+    return {k: min(v, bounds[k][1]) if k in bounds else v for k, v in actual.items()}
 
 
 @dataclass(slots=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from limiter.core.urls import REDIS_URL_PATTERN
@@ -34,6 +35,23 @@ WINDOW_LIMITS: dict[str, tuple[str, int]] = {
     "requestsPerDay": ("requests", 86400),
 }
 LIMIT_NAMES: tuple[str, ...] = (*WINDOW_LIMITS, "maxConcurrentRequests")
+
+#: The largest limit, estimate or reported usage (2^52 = 4503599627370496): a counter plus one more
+#: such amount stays an exact integer (at most 2^53) in Redis's Lua numbers, and no real model's
+#: limit comes near it.
+MAX_AMOUNT = 2**52
+#: The largest memory estimate of one job, in KiB (1 TiB).
+MAX_MEMORY_KB = 2**30
+
+
+def _printable(name: str) -> str:
+    if not name.isprintable() or any("\ud800" <= c <= "\udfff" for c in name):
+        raise ValueError("a name must be printable text (no control characters, no lone surrogates)")
+    return name
+
+
+#: A model or job type name: 1 to 253 printable characters.
+Name = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_printable)]
 
 
 class PolicyError(ValueError):
@@ -57,6 +75,8 @@ class _Model(BaseModel):
         frozen=True,
         use_attribute_docstrings=True,
         serialize_by_alias=True,
+        # No coercion: "1" is not a ratio, 1.5 is not a limit, "true" is not a boolean.
+        strict=True,
     )
 
 
@@ -66,15 +86,15 @@ class Limits(_Model):
     # An empty `limits: {}` is refused at apply time by the CRD too, not only by the operator.
     model_config = ConfigDict(**_Model.model_config, json_schema_extra={"minProperties": 1})
 
-    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     """Tokens per UTC minute, for the whole fleet."""
-    requests_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     """Requests per UTC minute, for the whole fleet."""
-    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     """Tokens per UTC day, for the whole fleet."""
-    requests_per_day: int | None = Field(default=None, ge=1)
+    requests_per_day: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     """Requests per UTC day, for the whole fleet."""
-    max_concurrent_requests: int | None = Field(default=None, ge=1)
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     """Requests in flight at once, for the whole fleet."""
 
     def as_dict(self) -> dict[str, int]:
@@ -114,14 +134,14 @@ class Upstream(_Model):
     """Secret holding the upstream's API key (sent as a Bearer token; never logged)."""
     api_key_env: str | None = Field(default=None, min_length=1)
     """Name of an environment variable holding the upstream's API key (outside Kubernetes)."""
-    timeout_seconds: float = Field(default=300, gt=0)
-    """How long one upstream request may take, in seconds. Default 300."""
+    timeout_seconds: float = Field(default=300, gt=0, le=86400)
+    """How long one upstream request may take, in seconds (up to 86400). Default 300."""
 
 
 class ModelSpec(_Model):
     """One model (or deployment) whose limits the fleet shares."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: Name
     """The model's name, as clients send it in request bodies."""
     limits: Limits
     """The model's limits; at least one must be set."""
@@ -132,28 +152,29 @@ class ModelSpec(_Model):
 class Estimate(_Model):
     """What one job of this type is expected to use; the reservation made when it starts."""
 
-    tokens: int = Field(default=0, ge=0)
+    tokens: int = Field(default=0, ge=0, le=MAX_AMOUNT)
     """Tokens one job uses (prompt plus completion). Default 0; must be positive where a model
     limits tokens."""
-    requests: int = Field(default=1, ge=0)
+    requests: int = Field(default=1, ge=0, le=MAX_AMOUNT)
     """Requests one job makes. Default 1."""
-    memory_kb: int = Field(default=0, ge=0, alias="memoryKB")
+    memory_kb: int = Field(default=0, ge=0, le=MAX_MEMORY_KB, alias="memoryKB")
     """Local memory one job needs, in KiB. Default 0 (no memory bound for this type)."""
 
 
 class QueueSettings(_Model):
     """The job type's local wait queue on each instance."""
 
-    max_waiting: int = Field(default=512, ge=0)
-    """Jobs that may wait at once on one instance; more are refused with 503. Default 512."""
-    max_wait_seconds: float = Field(default=60, ge=0)
-    """Longest wait for a slot, in seconds; a request's waitSeconds is capped by it. Default 60."""
+    max_waiting: int = Field(default=512, ge=0, le=1_000_000)
+    """Jobs that may wait at once on one instance (0 to 1000000); more are refused with 503. Default 512."""
+    max_wait_seconds: float = Field(default=60, ge=0, le=86400)
+    """Longest wait for a slot, in seconds (0 to 86400); a request's waitSeconds is capped by it.
+    Default 60."""
 
 
 class JobType(_Model):
     """A kind of work with its share of every model's capacity."""
 
-    name: str = Field(min_length=1, max_length=253)
+    name: Name
     """The job type's name, as job code and the X-Job-Type header send it."""
     ratio: float = Field(gt=0, le=1)
     """Share of every model's capacity, in (0, 1]. The ratios of all job types sum to exactly 1."""
@@ -175,16 +196,16 @@ class JobType(_Model):
 class InstanceSettings(_Model):
     """Settings for each limiter instance (pod)."""
 
-    memory_budget_mb: int | None = Field(default=None, ge=1, alias="memoryBudgetMB")
+    memory_budget_mb: int | None = Field(default=None, ge=1, le=2**30, alias="memoryBudgetMB")
     """Local memory budget per instance in MiB (1 MB = 1024 KB). LOCAL: never divided by the instance
     count. Default: 80% of the container's memory limit when job types declare memory estimates."""
-    heartbeat_seconds: float = Field(default=1, gt=0, le=60)
-    """Heartbeat interval in seconds. Default 1."""
-    instance_timeout_seconds: float = Field(default=5, gt=0, le=600)
-    """An instance silent this long (Redis time) is removed, in seconds. Default 5."""
-    lease_timeout_seconds: float = Field(default=600, gt=0)
+    heartbeat_seconds: float = Field(default=1, ge=0.05, le=60)
+    """Heartbeat interval in seconds (0.05 to 60). Default 1."""
+    instance_timeout_seconds: float = Field(default=5, ge=0.1, le=600)
+    """An instance silent this long (Redis time) is removed, in seconds (0.1 to 600). Default 5."""
+    lease_timeout_seconds: float = Field(default=600, ge=1, le=604800)
     """A lease not released this long after it was granted expires and its slot returns, in
-    seconds. Default 600 (10 minutes)."""
+    seconds (1 to 604800, a week). Default 600 (10 minutes)."""
 
     @model_validator(mode="after")
     def _timeout_after_heartbeat(self) -> InstanceSettings:
@@ -288,10 +309,12 @@ class PolicySpec(_Model):
 
         total = sum((j.exact_ratio for j in self.job_types), Fraction(0))
         if total != 1:
-            ratios = " + ".join(f"{j.ratio:g}" for j in self.job_types)
+            # Exact decimals: 1e-30 + 1 is 1.000...001, never "1".
+            with localcontext(prec=1000):
+                shown = sum((Decimal(repr(j.ratio)) for j in self.job_types), Decimal(0))
+            ratios = " + ".join(repr(j.ratio) for j in self.job_types)
             problems.append(
-                f"spec.jobTypes[*].ratio: ratios sum to {float(total):g} ({ratios}); "
-                "they must sum to exactly 1"
+                f"spec.jobTypes[*].ratio: ratios sum to {shown:f} ({ratios}); they must sum to exactly 1"
             )
 
         known = set(model_names)
@@ -407,16 +430,40 @@ def parse_policy(data: Any) -> tuple[PolicySpec, ObjectMeta]:
         raise PolicyError(format_validation_error(exc)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e5`` and ``1e-05`` as numbers (as JSON and YAML 1.2 do; YAML
+    1.1 wants a dot in the mantissa, so they would be strings, and a string is never a number here)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
 def loads_policy(text: str, source: str = "policy") -> tuple[PolicySpec, ObjectMeta]:
     """Parse YAML or JSON text (JSON is YAML) into a validated policy."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PolicyError([f"{source}: not valid YAML or JSON{where}: {problem}"]) from None
-    return parse_policy(data)
+    except RecursionError:
+        raise PolicyError([f"{source}: nested too deeply (a policy is a few levels deep)"]) from None
+    try:
+        return parse_policy(data)
+    except RecursionError:
+        raise PolicyError([f"{source}: nested too deeply (a policy is a few levels deep)"]) from None
 
 
 def load_policy(path: str | Path) -> tuple[PolicySpec, ObjectMeta]:

@@ -32,6 +32,7 @@ from limiter.core.admission import (
     UnknownLease,
 )
 from limiter.core.allocation import Allocation, compute_allocation
+from limiter.core.budgets import usage_problems
 from limiter.core.clock import SystemClock
 from limiter.core.membership import AllocationRecord, MembershipReply
 from limiter.core.policy import PolicySpec
@@ -479,6 +480,10 @@ class LimiterInstance:
         ticket = self.manager.leases.get(lease_id)
         if ticket is None:
             raise UnknownLease(f"leaseId: unknown lease '{lease_id}' (never granted, released, or expired)")
+        if actual and self.spec is not None and ticket.model is not None:
+            with contextlib.suppress(KeyError):  # a model removed by a policy update: nothing to bound
+                if problems := usage_problems(self.spec.model(ticket.model), actual):
+                    raise AdmissionError("; ".join(problems))  # 400; the lease stays held
         result = self._release_now(ticket, actual)
         if self.grants is not None and self.grants.charges_pending and self.redis.connected:
             await self.grants.charge_pending()

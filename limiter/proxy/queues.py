@@ -1,12 +1,14 @@
 """Per-model parallel limits, bounded queues and their statistics, for the LLM proxy.
 
-A proxied request first waits for a lease of its job type on its model (the job-type manager's
-slots, borrowing and window budgets decide the order), then passes the model's *gate*, which
-holds the model to an admin-lowered ``parallel_limit``. Without an admin update the gate never
-blocks: leases alone already bound a model to its fleet share (its slots summed over job types).
+A proxied request first passes the model's *gate*, which holds the model to its ``parallel_limit``
+(the fleet share, or an admin's lower cap), first come first served; only then does it take a
+lease of its job type (the job-type manager's slots, borrowing and window budgets), so a request
+that waits holds no lease and no reservation.
 
-``queued`` counts requests waiting for either; ``active`` those forwarding. The queue is bounded by
-``queue_limit``: a request that would have to wait behind a full queue is refused at once.
+``queued`` counts requests waiting at the gate; ``active`` those through it (taking their lease,
+which is immediate unless the job type's slots or the window budget are taken, then forwarding).
+The queue is bounded by ``queue_limit``: a request that would have to wait while ``queued`` is at
+the bound is refused at once.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class ModelQueue:
         self.queue_override: int | None = None
         """An admin's ``queue_limit``, or None for the default."""
         self.active = 0
+        """Requests through the gate: taking their lease, then forwarding."""
         self.queued = 0
+        """Requests waiting at the gate (holding no lease)."""
         self.processed = 0
         """Requests forwarded to the upstream, whatever it answered."""
         self.rejected = 0
@@ -78,6 +82,10 @@ class ModelQueue:
         self.processing = Timing()
         self._gate: deque[object] = deque()
         self._changed = asyncio.Event()
+
+    def can_enter(self, limit: int) -> bool:
+        """Whether a request would pass the gate at once."""
+        return not self._gate and self.active < limit
 
     def parallel_limit(self, fleet_share: int) -> int:
         """The limit in force: the fleet share, or the admin's lower cap."""
@@ -97,7 +105,7 @@ class ModelQueue:
     async def pass_gate(self, limit: Callable[[], int], wait_seconds: float) -> bool:
         """Become active once fewer than ``limit()`` are, first come first served; False when
         ``wait_seconds`` pass first."""
-        if not self._gate and self.active < limit():
+        if self.can_enter(limit()):
             self.active += 1
             return True
         me = object()
@@ -122,7 +130,7 @@ class ModelQueue:
                 self.notify()  # the next one in line may go now
 
     def leave(self) -> None:
-        """An active request ended."""
+        """A request through the gate ended (or gave up waiting for its lease)."""
         self.active -= 1
         self.notify()
 

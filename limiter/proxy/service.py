@@ -19,6 +19,7 @@ Prometheus. docs/proxy.md is the user's guide.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -28,12 +29,13 @@ import aiohttp
 from aiohttp import web
 
 from limiter.core.admission import AdmissionError, NoCapacity, QueueFull, Ticket, UnknownLease
+from limiter.core.budgets import clamp_usage
 from limiter.core.policy import ModelSpec, PolicySpec
 from limiter.fleet.instance import LimiterInstance
 from limiter.proxy.keycharge import ChargeRefused, KeyCharge
 from limiter.proxy.queues import ModelQueue
 from limiter.proxy.upstream import UpstreamKeyMissing, api_key, error_response, forward
-from limiter.proxy.wire import Route, estimate_tokens, wants_stream, with_stream_usage
+from limiter.proxy.wire import Route, body_problem, estimate_tokens, wants_stream, with_stream_usage
 from limiter.redis.creditstore import CreditStore
 from limiter.web.toolkit import BadRequest, parse_json_object
 
@@ -134,46 +136,44 @@ class Proxy:
     # -- admission -----------------------------------------------------------------------------------
 
     async def admit(self, q: ModelQueue, job_type: str, estimate: dict[str, int]) -> Ticket:
-        """A lease on ``q``'s model and a place among its active requests; raises :class:`NoCapacity`.
+        """A place through ``q``'s gate, then a lease on its model; raises :class:`NoCapacity`.
 
-        A request that finds the queue full may still start at once (a free slot of its job type),
-        but never waits.
+        A request waits first at the gate (``parallel_limit``), holding nothing, then for its lease
+        (immediate unless the job type's slots or the window budget are taken), so no waiting
+        request holds a lease or a reservation. A request that would have to wait while the
+        model's queue is full (``queue_limit``) is refused at once. On success the caller holds a
+        place through the gate (``q.leave()`` when done) and the lease.
         """
         inst = self.instance
-        full = q.queued >= self.queue_limit(q.model)
-        if not full:
-            q.queued += 1
+        loop = asyncio.get_running_loop()
+        spec = inst.spec
+        max_wait = spec.job_type(job_type).queue.max_wait_seconds if spec is not None else 0.0
+        deadline = loop.time() + max_wait
+
+        def limit() -> int:
+            return self.parallel_limit(q.model)
+
         try:
-            try:
-                ticket = await inst.acquire(job_type, [q.model], estimate, 0.0 if full else None)
-            except QueueFull as exc:
-                if full:
+            if not q.can_enter(limit()):
+                self._refuse_if_full(q)
+                q.queued += 1
+                try:
+                    passed = await q.pass_gate(limit, max_wait)
+                finally:
+                    q.queued -= 1
+                if not passed:
                     raise NoCapacity(
-                        f"model '{q.model}': queue full ({q.queued} waiting, queue_limit "
-                        f"{self.queue_limit(q.model)}); retry later",
+                        f"model '{q.model}': no free slot under parallel_limit {limit()} "
+                        f"within {max_wait:g} s",
                         self.retry_after(q),
-                    ) from None
-                raise NoCapacity(f"model '{q.model}': {exc.message}", self.retry_after(q)) from None
-            except NoCapacity as exc:
-                raise NoCapacity(f"model '{q.model}': {exc.message}", exc.retry_after) from None
-            except AdmissionError as exc:
-                if exc.status != 503:
-                    raise
-                raise NoCapacity(exc.message, 1.0) from None
+                    )
+            else:
+                await q.pass_gate(limit, 0.0)  # enters at once: nothing awaited since can_enter
             try:
-                wait = max(0.0, ticket.deadline - inst.clock.now())
-                passed = await q.pass_gate(lambda: self.parallel_limit(q.model), wait)
+                return await self._lease(q, job_type, estimate, max(0.0, deadline - loop.time()))
             except BaseException:
-                await self.settle(ticket, NOTHING_USED)
+                q.leave()
                 raise
-            if not passed:
-                await self.settle(ticket, NOTHING_USED)
-                raise NoCapacity(
-                    f"model '{q.model}': no free slot under parallel_limit {self.parallel_limit(q.model)} "
-                    f"within {wait:g} s",
-                    self.retry_after(q),
-                )
-            return ticket
         except NoCapacity:
             q.rejected += 1
             q.outcomes["rejected"] += 1
@@ -181,9 +181,27 @@ class Proxy:
         except asyncio.CancelledError:
             q.outcomes["cancelled"] += 1  # the client went away while queued
             raise
-        finally:
-            if not full:
-                q.queued -= 1
+
+    def _refuse_if_full(self, q: ModelQueue) -> None:
+        bound = self.queue_limit(q.model)
+        if q.queued >= bound:
+            raise NoCapacity(
+                f"model '{q.model}': queue full ({q.queued} waiting, queue_limit {bound}); retry later",
+                self.retry_after(q),
+            )
+
+    async def _lease(self, q: ModelQueue, job_type: str, estimate: dict[str, int], wait: float) -> Ticket:
+        """The lease of a request through the gate."""
+        if q.queued >= self.queue_limit(q.model):
+            wait = 0.0  # the queue is full: take a free slot now, or be refused, but never wait
+        try:
+            return await self.instance.acquire(job_type, [q.model], estimate, wait)
+        except QueueFull as exc:
+            raise NoCapacity(f"model '{q.model}': {exc.message}", self.retry_after(q)) from None
+        except AdmissionError as exc:
+            if exc.status != 503:
+                raise
+            raise NoCapacity(f"model '{q.model}': {exc.message}", exc.retry_after) from None
 
     async def settle(self, ticket: Ticket, actual: dict[str, int] | None) -> None:
         """Release a lease with its actual usage, even from a cancelled handler (shielded)."""
@@ -193,6 +211,11 @@ class Proxy:
         await asyncio.shield(task)
 
     async def _release(self, ticket: Ticket, actual: dict[str, int] | None) -> None:
+        spec = self.instance.spec
+        if actual and spec is not None and ticket.model is not None:
+            # An upstream's usage is charged up to what one job can use (core.budgets.usage_bounds).
+            with contextlib.suppress(KeyError):
+                actual = clamp_usage(spec.model(ticket.model), actual)
         try:
             await self.instance.release(ticket.id, actual)
         except UnknownLease:
@@ -213,6 +236,8 @@ class Proxy:
             )
         model = self._model(spec, body, route)
         job_type = self._job_type(spec, request, model)
+        if problem := body_problem(route, body):
+            raise BadRequest(problem)
         try:
             key = api_key(model)
         except UpstreamKeyMissing as exc:
@@ -224,7 +249,10 @@ class Proxy:
             rewritten, asked = with_stream_usage(body)
             if not asked:
                 payload, strip_usage = json.dumps(rewritten).encode(), True
-        tokens = self._estimate(spec, model, job_type, route, body)
+        try:
+            tokens = self._estimate(spec, model, job_type, route, body)
+        except RecursionError:
+            raise BadRequest("body: nested too deeply") from None
         charge = None
         if spec.credits is not None and spec.credits.enforce:
             if self.credits is None:

@@ -45,6 +45,57 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+#: The largest output limit a request may ask for (``max_tokens`` and the like), and the most choices.
+MAX_OUTPUT_TOKENS = 10**9
+MAX_CHOICES = 128
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def body_problem(route: Route, body: dict[str, Any]) -> str | None:
+    """What makes ``body`` unusable for ``route`` (naming the field and what is valid), or None.
+
+    Only what the proxy itself reads is checked (the upstream judges the rest): the messages of a
+    chat, and every number that sizes the reservation.
+    """
+    messages = body.get("messages")
+    if route.kind == "chat" and messages is not None and not isinstance(messages, list):
+        return f"messages: {_shown(messages)} is not valid: expected a list of messages"
+    if route.api == "openai":
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if value is not None and not (_whole(value) and 0 <= value <= MAX_OUTPUT_TOKENS):
+                return (
+                    f"{name}: {_shown(value)} is not valid: expected an integer from 0 to {MAX_OUTPUT_TOKENS}"
+                )
+        n = body.get("n")
+        if n is not None and not (_whole(n) and 1 <= n <= MAX_CHOICES):
+            return f"n: {_shown(n)} is not valid: expected an integer from 1 to {MAX_CHOICES}"
+    else:
+        options = body.get("options")
+        if options is not None and not isinstance(options, dict):
+            return f"options: {_shown(options)} is not valid: expected an object"
+        value = options.get("num_predict") if isinstance(options, dict) else None
+        # Ollama: -1 generates without limit, -2 until the context is full.
+        if value is not None and not (_whole(value) and -2 <= value <= MAX_OUTPUT_TOKENS):
+            return (
+                f"options.num_predict: {_shown(value)} is not valid: expected an integer from -2 to "
+                f"{MAX_OUTPUT_TOKENS}"
+            )
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = (
+        json.dumps(value)
+        if isinstance(value, str | int | float | bool) or value is None
+        else type(value).__name__
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _text_chars(value: Any) -> int:
     """Characters of text in a prompt, message content or input (strings, lists of them, content
     parts with ``text``); token-id arrays count one token (four characters) per id."""

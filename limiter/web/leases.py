@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from limiter.core.policy import MAX_AMOUNT, MAX_MEMORY_KB
 from limiter.fleet.instance import LimiterInstance
 from limiter.web.toolkit import json_response, read_body
 
@@ -21,9 +22,9 @@ class _Body(BaseModel):
 
 
 class EstimateBody(_Body):
-    tokens: int | None = Field(default=None, ge=0)
-    requests: int | None = Field(default=None, ge=0)
-    memory_kb: int | None = Field(default=None, ge=0, alias="memoryKB")
+    tokens: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    requests: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    memory_kb: int | None = Field(default=None, ge=0, le=MAX_MEMORY_KB, alias="memoryKB")
 
     def as_dict(self) -> dict[str, int]:
         raw = {"tokens": self.tokens, "requests": self.requests, "memoryKB": self.memory_kb}
@@ -38,8 +39,8 @@ class AcquireBody(_Body):
 
 
 class ActualBody(_Body):
-    tokens: int | None = Field(default=None, ge=0)
-    requests: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
+    requests: int | None = Field(default=None, ge=0, le=MAX_AMOUNT)
 
 
 class ReleaseBody(_Body):

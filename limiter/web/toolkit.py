@@ -26,6 +26,8 @@ log = logging.getLogger("fleet_limiter.http")
 T = TypeVar("T", bound=BaseModel)
 #: Largest JSON body of the lease, credit and admin routes, in bytes (413 beyond).
 MAX_BODY_BYTES = 1 << 20
+#: Deepest JSON a body of these routes may nest (theirs nest two or three levels).
+MAX_JSON_DEPTH = 16
 #: The admin token of the app (``--admin-token``); empty: admin endpoints are refused to everyone.
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)
 
@@ -59,8 +61,10 @@ def parse_json_object(raw: bytes, *, required: str = "a JSON object is required"
         raise BadRequest(f"body: {required}")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an integer of > 4300 digits
         raise BadRequest(f"body: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest(f"body: expected a JSON object, got {type(data).__name__}")
     return data
@@ -72,10 +76,26 @@ async def read_body(request: web.Request, model: type[T], *, optional: bool = Fa
     if optional and not raw.strip():
         return model()
     data = parse_json_object(raw)
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise BadRequest(f"body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequest("; ".join(format_validation_error(exc, prefix=""))) from None
+
+
+def _depth(doc: Any) -> int:
+    """How deeply ``doc`` nests (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_JSON_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -1,4 +1,4 @@
--- Library prepended to every script by limiter/store.py (not a script on its own).
+-- Library prepended to every script by limiter/redis/plumbing.py (not a script on its own).
 -- Time comes from Redis (TIME), never from the caller: one clock for the whole fleet.
 
 -- Redis TIME as {whole seconds, ms since the epoch}.
@@ -14,8 +14,20 @@ local function idiv(a, b)
   return (a - math.fmod(a, b)) / b
 end
 
+-- The largest magnitude a counter may hold: integers are exact in Lua's doubles up to 2^53.
+local MAX_COUNTER = 9007199254740991
+
 -- An integer as a decimal string: tostring() and string coercion use %.14g, which turns
--- 13-digit-plus millisecond times and large counters into exponent notation.
+-- 13-digit-plus millisecond times and large counters into exponent notation. Values saturate at
+-- +-MAX_COUNTER (and NaN is 0): '%d' of a larger double wraps to a negative number, which would
+-- turn a spent budget into an unlimited one.
 local function int(x)
+  if x ~= x then
+    x = 0
+  elseif x > MAX_COUNTER then
+    x = MAX_COUNTER
+  elseif x < -MAX_COUNTER then
+    x = -MAX_COUNTER
+  end
   return string.format('%d', x)
 end

@@ -13,7 +13,7 @@ for i = 1, #KEYS - 1 do
   if tonumber(stored[1]) == window then
     used = tonumber(stored[2]) or 0
   end
-  used = used + amount
+  used = math.min(used + amount, MAX_COUNTER)  -- saturates: never wraps, never lifts the limit
   redis.call('HSET', KEYS[i + 1], 'window', int(window), 'used', int(used))
   redis.call('PEXPIRE', KEYS[i + 1], int(2 * ws * 1000))
   redis.call('SADD', KEYS[1], KEYS[i + 1])
