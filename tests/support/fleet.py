@@ -36,8 +36,11 @@ class Instance:
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
 
-    def wait_ready(self, timeout: float = 15.0) -> Instance:
-        """Until GET /ready answers 200; fails with the log if the process exits or never gets there."""
+    def wait_ready(self, timeout: float = 30.0) -> Instance:
+        """Until GET /ready answers 200; fails with the log if the process exits or never gets there.
+
+        Nine instances started at once on two busy cores take about 15 s to be ready (mostly
+        imports): the timeout only catches an instance that never gets there."""
 
         def ready() -> bool:
             if self.process.poll() is not None:
