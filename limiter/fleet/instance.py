@@ -80,6 +80,15 @@ class LimiterInstance:
         self.spec: PolicySpec | None = None
         self.generation = 0
         self.instance_count = 1
+        """The instance count the allocation divides by (see :meth:`_apply_count`)."""
+        self.record_count = 1
+        """The instance count of the newest allocation record."""
+        self.settle_until = 0.0
+        """Monotonic time until which membership is unsettled (after Redis lost data, an outage or
+        this instance's eviction): the count never falls below :attr:`count_floor` before then."""
+        self.count_floor = 0
+        self.last_contact = time.monotonic()
+        """Monotonic time of the last register or heartbeat Redis answered."""
         self.epoch = -1
         self.record_time_ms = -1
         self.registered = False
@@ -124,6 +133,7 @@ class LimiterInstance:
         self._install_policy(spec, generation)
         reply = await self._call(self.store.register(self.instance_id, self._info()))
         self._clock_from(reply)
+        self.last_contact = time.monotonic()
         self.registered = True
         self._apply_record(reply.allocation)
         log.info(
@@ -248,6 +258,7 @@ class LimiterInstance:
             # persistence). Put back what this instance holds of the current windows, so the
             # fleet's counters again include every grant already taken.
             log.warning("Redis lost its data (epoch %d after %d): reconciling", record.epoch, self.epoch)
+            self._unsettled("Redis lost its data")
             if self.grants is not None:
                 self._spawn(self.grants.recharge())
         self.record_time_ms, self.epoch = record.changed_at_ms, record.epoch
@@ -255,9 +266,34 @@ class LimiterInstance:
         # only where a policy comes from, so a fleet never runs two generations for long.
         if record.generation > self.generation:
             self._spawn(self._reload_policy())
-        count = max(1, record.instance_count)
+        self.record_count = max(1, record.instance_count)
+        self._apply_count(record.reason)
+
+    def _settle_seconds(self) -> float:
+        """How long membership takes to settle: every live instance has heartbeated (and so
+        registered again) within one instance timeout, plus two heartbeats of slack."""
+        assert self.spec is not None
+        return self.spec.instance.instance_timeout_seconds + 2 * self.spec.instance.heartbeat_seconds
+
+    def _unsettled(self, why: str) -> None:
+        """Membership may be incomplete (instances registering again one by one after Redis lost
+        its data, an outage, or this instance's own eviction): until it settles, never divide by
+        fewer instances than before, so no instance's share grows on a partial count."""
+        if self.spec is None:
+            return
+        now = time.monotonic()
+        if now >= self.settle_until:
+            self.count_floor = self.instance_count
+            log.warning("membership unsettled (%s): holding the count at >= %d", why, self.count_floor)
+        self.settle_until = now + self._settle_seconds()
+
+    def _apply_count(self, reason: str = "settled") -> None:
+        """Divide by the newest record's count, or by the floor while membership is unsettled."""
+        count = self.record_count
+        if time.monotonic() < self.settle_until:
+            count = max(count, self.count_floor)
         if count != self.instance_count and self.manager is not None:
-            log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, record.reason)
+            log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, reason)
             self.instance_count = count
             if self.grants is not None:
                 self.grants.instance_count = count
@@ -325,8 +361,10 @@ class LimiterInstance:
             try:
                 reply = await self._call(self.store.heartbeat(self.instance_id))
                 self._clock_from(reply)
+                self.last_contact = time.monotonic()
                 if reply.changed:
                     log.warning("instance %s had been evicted; registered again", self.instance_id)
+                    self._unsettled("this instance had been evicted or Redis had lost it")
                 if reply.allocation.generation == 0:
                     await self._reproject()
                 self._apply_record(reply.allocation)
@@ -334,9 +372,10 @@ class LimiterInstance:
                     await self.grants.give_back(keep_recent=True)
                     await self.grants.charge_pending()
             except StoreUnavailable:
-                pass
+                self._unsettled("Redis unavailable")
             except Exception:  # a bug must not stop the heartbeat: log it and keep beating
                 log.exception("heartbeat failed")
+            self._apply_count()  # releases the floor once membership has settled
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _reproject(self) -> None:
@@ -384,7 +423,28 @@ class LimiterInstance:
         if self.manager is None or not self.registered:
             reason = self.redis.error or "joining the fleet"
             raise NotReady(f"the instance has not joined the fleet yet: {reason}")
+        if (lost := self._out_of_contact()) is not None:
+            raise NotReady(lost)
         return self.manager
+
+    def _out_of_contact(self) -> str | None:
+        """Why this instance may no longer be a member, or None.
+
+        Silent for longer than the instance timeout (frozen, partitioned from Redis, or Redis down
+        that long), it may have been evicted and its share given to the others: it admits nothing
+        new until a heartbeat has shown it is a member again (leases it already gave keep running).
+        """
+        if self.spec is None:
+            return None
+        silent = time.monotonic() - self.last_contact
+        timeout = self.spec.instance.instance_timeout_seconds
+        if silent <= timeout:
+            return None
+        return (
+            f"no contact with the fleet for {silent:.1f} s (instanceTimeoutSeconds {timeout:g}): the "
+            "fleet may have given this instance's share to the others; admitting again once it has "
+            "re-joined"
+        )
 
     async def acquire(
         self,
@@ -520,6 +580,8 @@ class LimiterInstance:
             return False, self.redis.error or "joining the fleet"
         if not self.redis.connected:
             return False, f"Redis unavailable: {self.redis.error}"
+        if (lost := self._out_of_contact()) is not None:
+            return False, lost
         return True, "ok"
 
     def health(self) -> dict[str, Any]:
