@@ -36,12 +36,13 @@ test-long: $(STAMP) cluster-build
 	@bash tools/ensure-deps.sh
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
-## lint: ruff and mypy (strict on limiter/)
+## lint: ruff, mypy (strict on limiter/ and operator/) and the import contracts (lint-imports)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check limiter operator tests bench tools
 	$(VENV)/bin/ruff format --check limiter operator tests bench tools
 	$(VENV)/bin/mypy limiter
 	$(VENV)/bin/mypy operator
+	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format limiter operator tests bench tools

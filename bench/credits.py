@@ -37,7 +37,7 @@ import aiohttp
 import yaml
 
 from bench.common import Progress, percentiles, start_instance, wait_ready, write_results
-from limiter.credits import CreditStore
+from limiter.redis.creditstore import CreditStore
 from tests.support.redis_server import RedisServer
 
 ADMIN_TOKEN = "bench-admin-token"

@@ -27,10 +27,10 @@ import aiohttp
 import yaml
 
 from bench.common import Progress, percentiles, start_instance, wait_ready, write_results
-from limiter.instance import LimiterInstance
-from limiter.policy import parse_policy
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
+from limiter.core.policy import parse_policy
+from limiter.fleet.instance import LimiterInstance
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
 from tests.support.redis_server import RedisServer
 
 # Generous limits so the numbers measure the limiter, not a spent budget: a slot per concurrent

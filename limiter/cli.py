@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from limiter.allocation import SHARE_FIELDS, Allocation, compute_allocation, json_number
-from limiter.policy import PolicyError, PolicySpec, load_policy
+from limiter.core.allocation import SHARE_FIELDS, Allocation, compute_allocation, json_number
+from limiter.core.policy import PolicyError, PolicySpec, load_policy
+from limiter.core.urls import redis_url_problem
 
 app = typer.Typer(
     name="fleet-limiter",
@@ -46,7 +47,9 @@ def _root() -> None:
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one line to stderr and exit."""
-    print(f"fleet-limiter: error: {message}", file=sys.stderr)
+    # Whatever a policy holds (a lone surrogate, a control character) prints as one safe line.
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", " ")
+    print(f"fleet-limiter: error: {safe}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -145,10 +148,10 @@ def serve(
     import asyncio
     import logging
 
-    from limiter.keys import PolicyKeys
+    from limiter.fleet.settings import ServeSettings
+    from limiter.redis.keys import PolicyKeys
     from limiter.serve import ServeError
     from limiter.serve import serve as run_serve
-    from limiter.settings import ServeSettings
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
@@ -181,8 +184,8 @@ def serve(
         PolicyKeys(ns, nm)
     except ValueError as exc:
         fail(str(exc))
-    if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        fail(f"--redis: {settings.redis_url!r} is not valid: expected redis://, rediss:// or unix://")
+    if problem := redis_url_problem(settings.redis_url):
+        fail(f"--redis: {problem}")
     try:
         asyncio.run(run_serve(settings, spec, ns, nm))
     except ServeError as exc:
@@ -206,8 +209,8 @@ def top(
     """A live view of a fleet: instances, job types, slots, in flight, waiting, pools. Ctrl-C quits."""
     import asyncio
 
-    from limiter.keys import PolicyKeys
-    from limiter.store import RedisStore
+    from limiter.redis.fleetstore import RedisStore
+    from limiter.redis.keys import PolicyKeys
     from limiter.top import run_top
 
     if not url and not redis:

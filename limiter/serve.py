@@ -14,11 +14,11 @@ import signal
 
 from aiohttp import web
 
-from limiter.http import build_app
-from limiter.instance import LimiterInstance
-from limiter.policy import PolicySpec
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
+from limiter.app import build_app
+from limiter.core.policy import PolicySpec
+from limiter.fleet.instance import LimiterInstance
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
 
 log = logging.getLogger("fleet_limiter.serve")
 

@@ -18,7 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from limiter.store import RedisStore, StoreUnavailable
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.plumbing import StoreUnavailable
 
 
 async def fetch(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from limiter.membership import project
-from limiter.policy import (
+from limiter.core.membership import project
+from limiter.core.policy import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -30,7 +30,7 @@ from limiter.policy import (
     SecretKeyRef,
     upstream_key_env,
 )
-from limiter.policy import format_validation_error as _format
+from limiter.core.policy import format_validation_error as _format
 
 from .settings import OperatorSettings
 

@@ -8,33 +8,10 @@ controllers) are not differences; every field the operator sets must be there wi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Any
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
-_SUFFIX = {
-    None: Fraction(1),
-    "m": Fraction(1, 1000),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "Ki": Fraction(2**10),
-    "Mi": Fraction(2**20),
-    "Gi": Fraction(2**30),
-    "Ti": Fraction(2**40),
-}
-
-
-def quantity(text: str) -> Fraction | None:
-    """The value of a Kubernetes quantity (``100m``, ``0.1``, ``128Mi``), or None if it is not one.
-    The API server rewrites quantities canonically (``1000m`` comes back as ``1``)."""
-    m = _QUANTITY.match(text)
-    if not m:
-        return None
-    return Fraction(m.group(1)) * _SUFFIX[m.group(2)]
+from limiter.k8s.quantity import quantity
 
 
 def _same_scalar(want: Any, have: Any) -> bool:

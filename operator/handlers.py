@@ -20,10 +20,11 @@ from typing import Any
 
 import kopf
 
-from limiter.crd import PLURAL
-from limiter.credits import CreditStore
-from limiter.policy import API_GROUP, API_VERSION, KIND
-from limiter.store import StoreUnavailable
+from limiter.core.policy import API_GROUP, API_VERSION, KIND
+from limiter.core.urls import redis_url_problem
+from limiter.k8s.crd import PLURAL
+from limiter.redis.creditstore import CreditStore
+from limiter.redis.plumbing import StoreUnavailable
 
 from . import projection
 from .builders import (
@@ -108,7 +109,7 @@ async def _observe_redis(
         url = await _redis_url(ctx, policy, source, refresh=refresh)
     except KubeError as exc:
         return RedisProblem("SecretUnreadable", f"cannot read {source.describe()}: {exc}"), False
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if redis_url_problem(url) is not None:
         return RedisProblem(
             "InvalidRedisURL", f"{source.describe()} is not a redis://, rediss:// or unix:// URL"
         ), False

@@ -2,7 +2,7 @@
 
 A generation is projected only when Redis holds an older one (or none): the projection script
 would refuse an equal or older generation anyway, but reading first means a resumed or restarted
-operator sends no write at all. Every call may raise :class:`limiter.store.StoreUnavailable`.
+operator sends no write at all. Every call may raise :class:`limiter.redis.fleetstore.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import contextlib
 import logging
 from typing import Any
 
-from limiter.store import RedisStore, StoreUnavailable
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.plumbing import StoreUnavailable
 
 from .status import RedisState
 

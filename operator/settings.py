@@ -12,8 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from limiter.core.env import EnvReader
+from limiter.core.urls import redis_url_problem
+from limiter.k8s.quantity import quantity
+
 PREFIX = "FLEET_LIMITER_"
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -88,14 +91,9 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
         """Settings from ``FLEET_LIMITER_*`` variables; unset or empty variables keep the defaults."""
-        env = os.environ if env is None else env
+        read = EnvReader(os.environ if env is None else env, PREFIX, SettingsError)
         values: dict[str, object] = {}
-
-        def get(name: str) -> str | None:
-            raw = env.get(PREFIX + name, "").strip()
-            return raw or None
-
-        if raw := get("OPERATOR_NAMESPACES"):
+        if raw := read.text("OPERATOR_NAMESPACES"):
             names = tuple(n.strip() for n in raw.split(",") if n.strip())
             for n in names:
                 if not is_namespace_name(n):
@@ -104,56 +102,43 @@ class OperatorSettings:
                         "comma-separated; patterns are not supported)"
                     )
             values["namespaces"] = names
-        if raw := get("DEFAULT_REDIS_URL"):
-            if not raw.startswith(("redis://", "rediss://", "unix://")):
-                raise SettingsError(
-                    f"{PREFIX}DEFAULT_REDIS_URL: {_redact(raw)!r} is not valid: expected redis://, "
-                    "rediss:// or unix://"
-                )
+        if raw := read.text("DEFAULT_REDIS_URL"):
+            if problem := redis_url_problem(raw):
+                raise SettingsError(f"{PREFIX}DEFAULT_REDIS_URL: {problem}")
             values["default_redis_url"] = raw
-        for attr, name in (
-            ("status_interval_seconds", "OPERATOR_STATUS_INTERVAL"),
-            ("delete_timeout_seconds", "OPERATOR_DELETE_TIMEOUT"),
-        ):
-            if raw := get(name):
-                values[attr] = _positive(name, raw, float)
-        if raw := get("LIMITER_TERMINATION_GRACE_SECONDS"):
-            values["termination_grace_seconds"] = _positive("LIMITER_TERMINATION_GRACE_SECONDS", raw, int)
-        if raw := get("OPERATOR_PRIORITY"):
-            try:
-                values["peering_priority"] = int(raw)
-            except ValueError:
-                raise SettingsError(f"{PREFIX}OPERATOR_PRIORITY: {raw!r} is not valid: an integer") from None
-        for attr, name in (("limiter_image", "LIMITER_IMAGE"), ("peering_name", "OPERATOR_PEERING")):
-            if raw := get(name):
-                values[attr] = raw
-        if raw := get("LIMITER_IMAGE_PULL_POLICY"):
-            if raw not in ("Always", "IfNotPresent", "Never"):
-                raise SettingsError(
-                    f"{PREFIX}LIMITER_IMAGE_PULL_POLICY: {raw!r} is not valid: Always, IfNotPresent or Never"
-                )
-            values["limiter_image_pull_policy"] = raw
+        optional: dict[str, object | None] = {
+            "status_interval_seconds": read.number("OPERATOR_STATUS_INTERVAL", positive=True),
+            "delete_timeout_seconds": read.number("OPERATOR_DELETE_TIMEOUT", positive=True),
+            "termination_grace_seconds": read.integer("LIMITER_TERMINATION_GRACE_SECONDS", positive=True),
+            "peering_priority": read.integer("OPERATOR_PRIORITY"),
+            "limiter_image": read.text("LIMITER_IMAGE"),
+            "peering_name": read.text("OPERATOR_PEERING"),
+            "limiter_image_pull_policy": read.choice(
+                "LIMITER_IMAGE_PULL_POLICY", ("Always", "IfNotPresent", "Never")
+            ),
+            "standalone": read.boolean("OPERATOR_STANDALONE"),
+            "log_level": read.choice("OPERATOR_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), fold=True),
+        }
+        values.update({attr: value for attr, value in optional.items() if value is not None})
         for attr, name in (
             ("limiter_cpu_request", "LIMITER_CPU_REQUEST"),
             ("limiter_memory_request", "LIMITER_MEMORY_REQUEST"),
             ("limiter_cpu_limit", "LIMITER_CPU_LIMIT"),
             ("limiter_memory_limit", "LIMITER_MEMORY_LIMIT"),
         ):
-            if PREFIX + name in env:
-                raw = env[PREFIX + name].strip()
-                if raw and not _QUANTITY.match(raw):
+            if read.is_set(name):
+                raw = read.text(name)
+                if raw and quantity(raw) is None:
                     raise SettingsError(
                         f"{PREFIX}{name}: {raw!r} is not a Kubernetes quantity (e.g. 100m, 128Mi)"
                     )
                 if raw or attr.endswith("_limit"):  # an empty limit means "no limit"
-                    values[attr] = raw or None
-        if raw := get("OPERATOR_STANDALONE"):
-            values["standalone"] = _boolean("OPERATOR_STANDALONE", raw)
+                    values[attr] = raw
         for attr, name in (
             ("health_address", "OPERATOR_HEALTH_ADDRESS"),
             ("metrics_address", "OPERATOR_METRICS_ADDRESS"),
         ):
-            if raw := get(name):
+            if raw := read.text(name):
                 host, _, port = raw.rpartition(":")
                 if not host or not port.isdigit() or not 0 < int(port) < 65536:
                     raise SettingsError(f"{PREFIX}{name}: {raw!r} is not valid: host:port")
@@ -163,35 +148,4 @@ class OperatorSettings:
                 f"{PREFIX}OPERATOR_METRICS_ADDRESS: {values['metrics_address']!r} is also the health "
                 f"address ({PREFIX}OPERATOR_HEALTH_ADDRESS); give the metrics another port"
             )
-        if raw := get("OPERATOR_LOG_LEVEL"):
-            if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise SettingsError(
-                    f"{PREFIX}OPERATOR_LOG_LEVEL: {raw!r} is not valid: DEBUG, INFO, WARNING or ERROR"
-                )
-            values["log_level"] = raw.upper()
         return cls(**values)  # type: ignore[arg-type]  # checked above, one variable at a time
-
-
-def _positive(name: str, raw: str, kind: type[float] | type[int]) -> float:
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        expected = "a positive integer" if kind is int else "a positive number"
-        raise SettingsError(f"{PREFIX}{name}: {raw!r} is not valid: {expected}")
-    return value
-
-
-def _boolean(name: str, raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{PREFIX}{name}: {raw!r} is not valid: true or false")
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages."""
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)

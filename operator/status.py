@@ -1,7 +1,7 @@
 """The status of a policy, from what the operator observed: pure, so it is tested without a cluster.
 
 :func:`build_status` turns an :class:`Observation` (the validated policy, its Deployment, what
-Redis holds) into the ``status`` document (:class:`limiter.k8s_status.PolicyStatus`);
+Redis holds) into the ``status`` document (:class:`limiter.k8s.status.PolicyStatus`);
 :func:`status_patch` keeps only what differs from the stored status, so an unchanged fleet is never
 written to (a restarted operator patches nothing). A condition keeps its ``lastTransitionTime``
 until its status changes.
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from limiter.k8s_status import CONDITION_TYPES, Condition, PolicyStatus, PoolStatus
-from limiter.membership import AllocationRecord
+from limiter.core.membership import AllocationRecord
+from limiter.k8s.status import CONDITION_TYPES, Condition, PolicyStatus, PoolStatus
 
 from .builders import ParsedPolicy
 

@@ -33,8 +33,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError
 
-from limiter.crd import PLURAL
-from limiter.policy import API_GROUP, API_VERSION
+from limiter.core.policy import API_GROUP, API_VERSION
+from limiter.k8s.crd import PLURAL
 
 FINALIZER = f"{API_GROUP}/finalizer"
 TIMEOUT = (5, 30)  # seconds: connect, read

@@ -1,9 +1,12 @@
-"""Suite-wide options. Slow matrices run only under `make test-long` (--run-slow): an explicit
-opt-in that deselects them, never a skip that hides a missing service."""
+"""Suite-wide options and the shared fixtures. Slow matrices run only under `make test-long`
+(--run-slow): an explicit opt-in that deselects them, never a skip that hides a missing service."""
 
 from __future__ import annotations
 
 import pytest
+
+#: The shared fixtures (redis_server, fresh_redis_server, fleet): tests/support/plugin.py.
+pytest_plugins = ("tests.support.plugin",)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -35,8 +35,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from limiter.client import LimiterClient, LimiterError
-from limiter.policy import PolicyError, load_policy
-from limiter.store import RedisStore
+from limiter.core.policy import PolicyError, load_policy
+from limiter.redis.fleetstore import RedisStore
 from limiter.top import run_top
 
 ROOT = Path(__file__).resolve().parents[1]

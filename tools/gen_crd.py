@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from limiter import crd
+from limiter.k8s import crd
 
 ROOT = Path(__file__).resolve().parents[1]
 

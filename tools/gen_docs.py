@@ -11,9 +11,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from limiter.allocation import compute_allocation
 from limiter.cli import render_plan
-from limiter.policy import load_policy
+from limiter.core.allocation import compute_allocation
+from limiter.core.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "examples.md"

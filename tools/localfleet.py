@@ -24,7 +24,7 @@ import aiohttp
 from rich.console import Console
 
 from limiter.client import LimiterClient, LimiterError
-from limiter.policy import PolicyError, load_policy
+from limiter.core.policy import PolicyError, load_policy
 from limiter.top import run_top
 
 ROOT = Path(__file__).resolve().parents[1]

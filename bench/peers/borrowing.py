@@ -15,10 +15,10 @@ import asyncio
 import time
 from typing import Any
 
-from limiter.instance import LimiterInstance, NoCapacity
-from limiter.policy import parse_policy
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
+from limiter.core.policy import parse_policy
+from limiter.fleet.instance import LimiterInstance, NoCapacity
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
 
 SLOTS = 20
 HOLD = 0.02

@@ -20,10 +20,10 @@ import aiohttp
 import yaml
 
 from bench.peers.harness import stop, wait_http
-from limiter.instance import LimiterInstance
-from limiter.policy import parse_policy
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
+from limiter.core.policy import parse_policy
+from limiter.fleet.instance import LimiterInstance
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
 from tests.support.redis_server import free_port
 
 EXE = Path(sys.executable).with_name("fleet-limiter")

@@ -1,6 +1,6 @@
-"""Fixtures for credit budget tests: a private redis-server, stores on it, and fleets of real
-`fleet-limiter serve` processes (the helpers of tests/fleet/conftest.py) that stay up across the
-cases of a module.
+"""Fixtures for credit budget tests: stores on the session's private redis-server, and fleets of
+real `fleet-limiter serve` processes (tests/support/fleet.py) that stay up across the cases of a
+module.
 
 Requests go to the instances over real HTTP from an aiohttp client with real concurrency.
 """
@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.credits import CreditStore
-from tests.fleet.conftest import Fleet, Instance
-from tests.support.redis_server import RedisServer, RedisServerMissing
+from limiter.redis.creditstore import CreditStore
+from tests.support.fleet import Fleet, Instance
+from tests.support.redis_server import RedisServer
 
 ADMIN_TOKEN = "credits-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -32,24 +32,9 @@ SPEC: dict[str, Any] = {
 }
 
 
-def new_server(**kwargs: Any) -> RedisServer:
-    """A RedisServer, or a test failure naming how to install redis-server."""
-    try:
-        return RedisServer(**kwargs)
-    except RedisServerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
 def new_key(prefix: str = "key") -> str:
     """A fresh API key, so cases sharing a fleet and a Redis never see each other's budgets."""
     return f"{prefix}-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """The session's private redis-server."""
-    with new_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -4,14 +4,15 @@ setting does, is killed with SIGKILL (nothing flushed at shutdown) and started a
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.credits.conftest import call, new_key, new_server, put_key, start_nodes
+from tests.credits.conftest import call, new_key, put_key, start_nodes
+from tests.support.redis_server import new_server
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 
@@ -38,13 +39,14 @@ async def test_acknowledged_consumes_survive_a_redis_crash(
             redis.kill()  # a crash: only what appendfsync already wrote survives
             redis.start()
 
-            deadline = time.monotonic() + 20
-            while True:  # the instance reconnects by itself; allow a 503 while it does
-                status, state, _ = await call(session, "GET", f"{base}/api/keys/{key}", admin=True)
-                if status == 200 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            assert status == 200, state
+            async def answered() -> tuple[int, Any, dict[str, str]] | None:
+                answer = await call(session, "GET", f"{base}/api/keys/{key}", admin=True)
+                return answer if answer[0] == 200 else None
+
+            # The instance reconnects by itself; allow a 503 while it does.
+            status, state, _ = await wait_until_async(
+                answered, 20, interval=0.2, what="the key's state after the crash"
+            )
             assert (state["remaining"], state["reserved"], state["totals"]["consumed"]) == (69, 10, 21)
             # The idempotency record and the reservation survived too.
             status, doc, _ = await call(

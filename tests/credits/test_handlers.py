@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from limiter import credits_http
-from limiter.http import errors_as_json
+from limiter.web import credits as credits_http
+from limiter.web.toolkit import errors_as_json
 
 
 class Broken:

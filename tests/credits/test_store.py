@@ -15,10 +15,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from limiter.credits import CreditStore
-from limiter.credits_model import InvalidInput, Refill, RequestConflict, UnknownKey, UnknownReservation
-from limiter.keys import credit_key_id
-from tests.credits.conftest import new_key, new_server
+from limiter.core.credits import InvalidInput, Refill, RequestConflict, UnknownKey, UnknownReservation
+from limiter.redis.creditstore import CreditStore
+from limiter.redis.keys import credit_key_id
+from tests.credits.conftest import new_key
+from tests.support.redis_server import new_server
 
 pytestmark = pytest.mark.redis
 
@@ -351,7 +352,7 @@ async def test_an_invalid_key_is_never_echoed(credit_store: CreditStore) -> None
 
 
 async def test_an_unreachable_redis_is_store_unavailable() -> None:
-    from limiter.store import StoreUnavailable
+    from limiter.redis.plumbing import StoreUnavailable
 
     with new_server() as server:
         store = CreditStore.from_url(server.url, "team-a", "chat")

@@ -34,7 +34,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from limiter.keys import PolicyKeys
+from limiter.redis.keys import PolicyKeys
 from tests.e2e.background import BackgroundLoop
 from tests.e2e.kube import PodUnreachable, container_pid, is_ready
 from tests.e2e.load import Jobs

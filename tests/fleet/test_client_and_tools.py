@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from limiter.client import LimiterClient, LimiterError, NoCapacity
-from tests.fleet.conftest import EXE, Fleet, wait_until
+from tests.support.fleet import EXE, Fleet
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).parents[2]
 SPEC = {

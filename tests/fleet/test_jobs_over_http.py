@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.fleet.conftest import Fleet, Instance, http, wait_until
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for_fresh_minute, wait_until
 
 FIXED = {
     "models": [{"name": "test-model", "limits": {"tokensPerMinute": 1000000, "maxConcurrentRequests": 20}}],
@@ -77,8 +79,7 @@ def test_waiting_jobs_get_slots_as_others_release(fleet: Fleet) -> None:
     held = [acquire(a, "only")[1] for _ in range(2)]
     with ThreadPoolExecutor(4) as pool:
         waiting = [pool.submit(acquire, a, "only", 10) for _ in range(4)]
-        time.sleep(0.3)
-        assert a.allocation()["jobTypes"]["only"]["waiting"] == 4
+        wait_until(lambda: a.allocation()["jobTypes"]["only"]["waiting"] == 4, 5, what="four waiting jobs")
         for lease in held:
             release(a, lease)
         # Two waiters get the two freed slots (which two depends on the threads' arrival order).
@@ -118,14 +119,6 @@ BUDGET = {
     "jobTypes": [{"name": "job", "ratio": 1.0, "estimate": {"tokens": 10000}}],
     "instance": {"heartbeatSeconds": 0.5, "instanceTimeoutSeconds": 3},
 }
-
-
-def wait_for_fresh_minute(redis: RedisServer, need_seconds: float) -> None:
-    """Sleep until the current UTC minute (Redis's clock) has at least ``need_seconds`` left."""
-    now = float(redis.command("TIME").split(b"\r\n")[2])
-    left = 60 - now % 60
-    if left < need_seconds:
-        time.sleep(left + 0.2)
 
 
 def hammer(inst: Instance, seconds: float) -> int:
@@ -197,49 +190,43 @@ def test_refund_is_usable_in_the_same_window(fleet: Fleet, redis_server: RedisSe
 
 
 @pytest.mark.timeout(120)
-def test_redis_restart_with_data_loss_recovers(tmp_path, fresh_redis: RedisServer) -> None:  # type: ignore[no-untyped-def]
-    f = Fleet(tmp_path, fresh_redis.url)
-    try:
-        f.write_policy(
-            "restart", {**BUDGET, "instance": {"heartbeatSeconds": 0.3, "instanceTimeoutSeconds": 2}}
-        )
-        a, b = f.start(2)
-        wait_until(lambda: a.slots("job", "budget-model") == 5, timeout=1)
-        fresh_redis.restart(flush=True)
-        # Instances re-register, re-project the policy, and agree on the fleet again.
-        wait_until(
-            lambda: (
-                a.allocation()["allocation"]["instanceCount"] == 2 and http("GET", a.url + "/ready")[0] == 200
-            ),
-            timeout=5,
-        )
-        wait_until(lambda: b.slots("job", "budget-model") == 5, timeout=5)
-        assert acquire(a, "job", wait=2)[0] == 200
-    finally:
-        f.close()
+def test_redis_restart_with_data_loss_recovers(fresh_fleet: Fleet, fresh_redis_server: RedisServer) -> None:
+    fresh_fleet.write_policy(
+        "restart", {**BUDGET, "instance": {"heartbeatSeconds": 0.3, "instanceTimeoutSeconds": 2}}
+    )
+    a, b = fresh_fleet.start(2)
+    wait_until(lambda: a.slots("job", "budget-model") == 5, timeout=1)
+    fresh_redis_server.restart(flush=True)
+    # Instances re-register, re-project the policy, and agree on the fleet again.
+    wait_until(
+        lambda: (
+            a.allocation()["allocation"]["instanceCount"] == 2 and http("GET", a.url + "/ready")[0] == 200
+        ),
+        timeout=5,
+    )
+    wait_until(lambda: b.slots("job", "budget-model") == 5, timeout=5)
+    assert acquire(a, "job", wait=2)[0] == 200
 
 
 @pytest.mark.timeout(60)
-def test_redis_outage_turns_ready_false_and_heals(tmp_path, fresh_redis: RedisServer) -> None:  # type: ignore[no-untyped-def]
-    f = Fleet(tmp_path, fresh_redis.url)
-    try:
-        f.write_policy(
-            "outage", {**BUDGET, "instance": {"heartbeatSeconds": 0.3, "instanceTimeoutSeconds": 2}}
-        )
-        (a,) = f.start(1)
-        status, held, _ = a.post("/api/jobs/acquire", {"jobType": "job"})
-        assert status == 200
-        fresh_redis.stop()
-        wait_until(lambda: http("GET", a.url + "/ready")[0] == 503, timeout=3)
-        health = a.get("/health")
-        assert health["redis"]["connected"] is False and health["redis"]["error"]
-        assert "fleet_limiter_redis_up 0.0" in http("GET", a.url + "/metrics")[1]
-        # Work goes on only within what the instance already holds: the lease releases fine.
-        release(a, held, tokens=10000)
-        fresh_redis.start()
-        wait_until(lambda: http("GET", a.url + "/ready")[0] == 200, timeout=5)
-    finally:
-        f.close()
+def test_redis_outage_turns_ready_false_and_heals(
+    fresh_fleet: Fleet, fresh_redis_server: RedisServer
+) -> None:
+    fresh_fleet.write_policy(
+        "outage", {**BUDGET, "instance": {"heartbeatSeconds": 0.3, "instanceTimeoutSeconds": 2}}
+    )
+    (a,) = fresh_fleet.start(1)
+    status, held, _ = a.post("/api/jobs/acquire", {"jobType": "job"})
+    assert status == 200
+    fresh_redis_server.stop()
+    wait_until(lambda: http("GET", a.url + "/ready")[0] == 503, timeout=3)
+    health = a.get("/health")
+    assert health["redis"]["connected"] is False and health["redis"]["error"]
+    assert "fleet_limiter_redis_up 0.0" in http("GET", a.url + "/metrics")[1]
+    # Work goes on only within what the instance already holds: the lease releases fine.
+    release(a, held, tokens=10000)
+    fresh_redis_server.start()
+    wait_until(lambda: http("GET", a.url + "/ready")[0] == 200, timeout=5)
 
 
 BAD = [

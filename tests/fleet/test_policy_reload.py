@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 
-from limiter.store import RedisStore
-from tests.fleet.conftest import EXE, Fleet, Instance, http, wait_until
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.keys import PolicyKeys
+from tests.support.fleet import EXE, Fleet, Instance
+from tests.support.http import http
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_for_fresh_minute, wait_until
 
 SPEC: dict[str, Any] = {
     "models": [{"name": "m", "limits": {"tokensPerMinute": 100000}}],
@@ -42,6 +43,12 @@ def answers(url: str) -> bool:
     return True
 
 
+def looked_for_policy(url: str) -> tuple[int, Any] | None:
+    """GET /ready once the instance has looked for its policy in Redis (its reason changed)."""
+    status, doc, _ = http("GET", url + "/ready")
+    return None if doc.get("reason") == "joining the fleet" else (status, doc)
+
+
 def slots(url: str, job: str) -> int:
     status, doc, _ = http("GET", url + "/api/debug/allocation")
     return (
@@ -59,10 +66,11 @@ async def test_pod_mode_waits_for_the_projection_and_applies_new_generations_liv
     log = (tmp_path / "pod.log").open("wb")
     proc, url = start_from_redis(redis_server.url, "live", log)
     try:
-        # Listening, but not ready: nothing is projected yet.
+        # Listening, but not ready: it found nothing projected ("joining the fleet" until it looked).
         wait_until(lambda: answers(url), timeout=15)
-        await asyncio.sleep(0.5)
-        status, doc, _ = http("GET", url + "/ready")
+        status, doc = wait_until(
+            lambda: looked_for_policy(url), 5, what="the instance to find no projected policy"
+        )
         assert status == 503 and "waiting for the operator to project the policy" in doc["reason"]
         async with RedisStore.from_url(redis_server.url, "team-a", "live") as store:
             assert await store.project_policy(SPEC, 1)
@@ -110,24 +118,26 @@ def hammer_until_refused(inst: Instance, limit: int) -> int:
     return admitted
 
 
+def minute_used(redis: RedisServer, policy: str) -> int:
+    """Tokens the fleet's budget key of model m holds as used (0 when absent)."""
+    key = PolicyKeys("tests", policy).budget("m", "tokensPerMinute")
+    reply = redis.command("HGET", key, "used")  # a bulk string: b"$6\r\n100000\r\n", or b"$-1\r\n"
+    return 0 if reply.startswith(b"$-1") else int(reply.split(b"\r\n")[1])
+
+
 @pytest.mark.timeout(120)
 def test_redis_flush_mid_minute_never_readmits_the_spent_budget(
-    tmp_path: Path, fresh_redis: RedisServer
+    fresh_fleet: Fleet, fresh_redis_server: RedisServer
 ) -> None:
-    f = Fleet(tmp_path, fresh_redis.url)
-    try:
-        f.write_policy("flush", SPEC)
-        a, b = f.start(2)
-        now = float(fresh_redis.command("TIME").split(b"\r\n")[2])
-        if 60 - now % 60 < 30:  # keep the whole test inside one UTC minute
-            time.sleep(60 - now % 60 + 0.2)
-        spent = hammer_until_refused(a, 50) + hammer_until_refused(b, 50)
-        assert spent == 100000
-        fresh_redis.restart(flush=True)
-        wait_until(lambda: http("GET", a.url + "/ready")[0] == 200 and http("GET", b.url + "/ready")[0] == 200
-                   and a.allocation()["allocation"]["instanceCount"] == 2, timeout=6)  # fmt: skip
-        time.sleep(1.5)  # reconciliation charges run right after the instances notice the loss
-        # The instances put back what they held: the minute stays spent for the whole fleet.
-        assert hammer_until_refused(a, 5) == 0 and hammer_until_refused(b, 5) == 0
-    finally:
-        f.close()
+    fresh_fleet.write_policy("flush", SPEC)
+    a, b = fresh_fleet.start(2)
+    wait_for_fresh_minute(fresh_redis_server, 30)  # keep the whole test inside one UTC minute
+    spent = hammer_until_refused(a, 50) + hammer_until_refused(b, 50)
+    assert spent == 100000
+    fresh_redis_server.restart(flush=True)
+    wait_until(lambda: http("GET", a.url + "/ready")[0] == 200 and http("GET", b.url + "/ready")[0] == 200
+               and a.allocation()["allocation"]["instanceCount"] == 2, timeout=6)  # fmt: skip
+    # Reconciliation charges run right after the instances notice the loss.
+    wait_until(lambda: minute_used(fresh_redis_server, "flush") >= 100000, 10, what="the charges back")
+    # The instances put back what they held: the minute stays spent for the whole fleet.
+    assert hammer_until_refused(a, 5) == 0 and hammer_until_refused(b, 5) == 0

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from tests.fleet.conftest import Fleet, Instance, wait_until
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
+from tests.support.waiting import wait_until
 
 SCALE = {
     "models": [{"name": "scale-model", "limits": {"tokensPerMinute": 100000}}],
@@ -20,6 +22,15 @@ def all_have(instances: list[Instance], slots: int) -> bool:
     return all(i.slots("scaleJob", "scale-model") == slots for i in instances)
 
 
+def converged(instances: list[Instance], slots: int, timeout: float) -> float:
+    """Wait until every instance has ``slots``; return the seconds it took."""
+    start = time.monotonic()
+    wait_until(
+        lambda: all_have(instances, slots), timeout, what=f"{len(instances)} instance(s) at {slots} slots"
+    )
+    return time.monotonic() - start
+
+
 @pytest.mark.timeout(90)
 def test_join_leave_crash_and_pause(fleet: Fleet) -> None:
     fleet.write_policy("scaling", SCALE)
@@ -28,31 +39,31 @@ def test_join_leave_crash_and_pause(fleet: Fleet) -> None:
     assert a.allocation()["allocation"]["instanceCount"] == 1
 
     (b,) = fleet.start(1)
-    join = wait_until(lambda: all_have([a, b], 5), timeout=1.0)
+    join = converged([a, b], 5, timeout=1.0)
     (c,) = fleet.start(1)
-    wait_until(lambda: all_have([a, b, c], 3), timeout=1.0)
+    converged([a, b, c], 3, timeout=1.0)
 
     assert c.stop() == 0  # SIGTERM: graceful, exit 0
-    leave = wait_until(lambda: all_have([a, b], 5), timeout=1.0)
+    leave = converged([a, b], 5, timeout=1.0)
 
     b.kill()  # SIGKILL: detected by the others within instanceTimeoutSeconds + heartbeatSeconds
-    crash = wait_until(lambda: all_have([a], 10), timeout=2 + 0.5 + 0.5)
+    crash = converged([a], 10, timeout=2 + 0.5 + 0.5)
     print(f"converged: join {join:.3f}s, graceful leave {leave:.3f}s, crash {crash:.3f}s")
 
     # Several join/leave cycles.
     for _ in range(3):
         (d,) = fleet.start(1)
-        wait_until(lambda d=d: all_have([a, d], 5), timeout=1.0)
+        converged([a, d], 5, timeout=1.0)
         assert d.stop() == 0
-        wait_until(lambda: all_have([a], 10), timeout=1.0)
+        converged([a], 10, timeout=1.0)
 
     # A paused instance is evicted, then registers again by itself when it resumes.
     (e,) = fleet.start(1)
-    wait_until(lambda: all_have([a, e], 5), timeout=1.0)
+    converged([a, e], 5, timeout=1.0)
     e.signal(signal.SIGSTOP)
-    wait_until(lambda: all_have([a], 10), timeout=3.5)
+    converged([a], 10, timeout=3.5)
     e.signal(signal.SIGCONT)
-    wait_until(lambda: all_have([a, e], 5), timeout=3.0)
+    converged([a, e], 5, timeout=3.0)
 
 
 @pytest.mark.timeout(60)
@@ -63,7 +74,7 @@ def test_sigterm_stops_new_work_and_drains_in_flight_leases(fleet: Fleet) -> Non
     assert status == 200
     b.signal(signal.SIGTERM)
     # b leaves the fleet at once, so a gets the whole capacity while b's lease still runs.
-    wait_until(lambda: all_have([a], 10), timeout=1.0)
+    converged([a], 10, timeout=1.0)
     wait_until(lambda: _unready(b), timeout=1.0)
     status, doc, headers = b.post("/api/jobs/acquire", {"jobType": "scaleJob"})
     assert status == 503 and "shutting down" in doc["error"] and headers["Retry-After"] == "1"
@@ -73,8 +84,6 @@ def test_sigterm_stops_new_work_and_drains_in_flight_leases(fleet: Fleet) -> Non
 
 
 def _unready(inst: Instance) -> bool:
-    from tests.fleet.conftest import http
-
     return http("GET", inst.url + "/ready")[0] == 503
 
 
@@ -82,8 +91,8 @@ def _unready(inst: Instance) -> bool:
 def test_graceful_leave_convergence_is_measured_under_a_second(fleet: Fleet) -> None:
     fleet.write_policy("converge", SCALE)
     instances = fleet.start(3)
-    wait_until(lambda: all_have(instances, 3), timeout=1.0)
+    converged(instances, 3, timeout=1.0)
     start = time.monotonic()
     instances[2].process.send_signal(signal.SIGTERM)
-    wait_until(lambda: all_have(instances[:2], 5), timeout=1.0)
+    converged(instances[:2], 5, timeout=1.0)
     assert time.monotonic() - start < 1.0

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from limiter.allocation import compute_allocation
-from limiter.policy import parse_policy
-from tests.fleet.conftest import Fleet, wait_until
+from limiter.core.allocation import compute_allocation
+from limiter.core.policy import parse_policy
+from tests.support.fleet import Fleet
+from tests.support.waiting import wait_until
 
 TWO_TPM = [
     {"name": "A", "ratio": 0.6, "estimate": {"tokens": 10000}},

@@ -1,12 +1,10 @@
-"""Fixtures of the metrics tests: one real `fleet-limiter serve` (tests/fleet's helpers, a private
-redis-server) in front of the stand-in LLM server, used the way a fleet is (leases, refusals, a
-proxied request on a credit key, a consume), and the operator's metrics served in process."""
+"""Fixtures of the metrics tests: one real `fleet-limiter serve` (tests/support/fleet.py, the
+session's private redis-server) in front of the stand-in LLM server, used the way a fleet is
+(leases, refusals, a proxied request on a credit key, a consume), and the operator's metrics served
+in process."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, fleet, http, redis_server  # noqa: F401
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 from tests.support.redis_server import RedisServer
 
 ADMIN_TOKEN = "metrics-tests-admin-token"
@@ -23,15 +22,9 @@ MODEL = "metrics-model"
 
 
 def admin(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """An admin call (the credit key routes need the admin token)."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    """An admin call (the credit key routes need the admin token): (status, answer)."""
+    status, doc, _ = http(method, url, body, token=ADMIN_TOKEN)
+    return status, doc
 
 
 def scrape(url: str) -> str:
@@ -67,21 +60,22 @@ def policy_spec(upstream: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def llm() -> Iterator[FakeLLMServer]:
     with FakeLLMServer() as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def used_instance(
     tmp_path_factory: pytest.TempPathFactory,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     llm: FakeLLMServer,
 ) -> Iterator[Instance]:
     """An instance after a little of everything: two chat leases (one released), batch refusals
-    (no wait, queue full, timeout), an unknown job type, a proxied request charged to a credit key,
-    a consume allowed and one refused. Once per session: the tests only read it."""
+        (no wait, queue full, timeout), an unknown job type, a proxied request charged to a credit key,
+        a consume allowed and one refused. Once for the metrics tests, which only read it; stopped after
+    them, so no instance of theirs writes to the session's Redis while other suites flush it."""
     redis_server.start()
     instances = Fleet(tmp_path_factory.mktemp("metrics"), redis_server.url)
     try:
@@ -106,27 +100,18 @@ def exercise(inst: Instance) -> None:
     assert inst.post("/api/jobs/acquire", {"jobType": "batch"})[0] == 503  # waits 0.3 s: timeout
     assert inst.post("/api/jobs/acquire", {"jobType": "nightly"})[0] == 404  # invalid
     assert admin("PUT", f"{inst.url}/api/keys/{KEY}", {"credits": 1000})[0] in (200, 201)
-    status, answer, _ = http(
-        "POST",
-        f"{inst.url}/v1/chat/completions",
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
-    )
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    status, answer, _ = http("POST", f"{inst.url}/v1/chat/completions", chat)
     assert status == 401, answer  # no credit key
-    req = urllib.request.Request(
-        f"{inst.url}/v1/chat/completions",
-        data=json.dumps(
-            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
-        ).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}", "X-Job-Type": "chat"},
+    status, answer, _ = http(
+        "POST", f"{inst.url}/v1/chat/completions", chat, token=KEY, headers={"X-Job-Type": "chat"}
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+    assert status == 200, answer
     assert inst.post(f"/api/keys/{KEY}/consume", {"cost": 10})[0] == 200
     assert inst.post(f"/api/keys/{KEY}/consume", {"cost": 100000})[0] == 429
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def limiter_scrape(used_instance: Instance) -> str:
     return scrape(used_instance.url + "/metrics")
 

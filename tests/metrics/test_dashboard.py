@@ -4,7 +4,6 @@ metric and label it queries exists in what a real limiter instance and the opera
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import aiohttp
@@ -13,9 +12,10 @@ from limiter_operator.builders import parse_policy
 from limiter_operator.metrics import OperatorMetrics, serve
 from limiter_operator.status import FleetState, Observation, RedisState, build_status
 
-from limiter.membership import AllocationRecord, PoolRecord
+from limiter.core.membership import AllocationRecord, PoolRecord
 from tests.metrics.conftest import DASHBOARD
 from tests.metrics.promql import expressions, missing, panels, series_labels, usage
+from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -74,12 +74,6 @@ def test_every_query_names_only_fleet_limiter_metrics_and_follows_the_variables(
         assert expr.count('policy=~"$policy"') == expr.count("fleet_limiter_"), expr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def operator_scrape() -> str:
     """The operator's /metrics, served by its own server after one reconcile of a policy."""
     metrics = OperatorMetrics()
@@ -98,7 +92,7 @@ async def operator_scrape() -> str:
     with metrics.handling("reconcile"):
         metrics.projected_into_redis("team-a", "tpm")
         metrics.observe("team-a", "tpm", build_status(observation, None, "2026-01-01T00:00:00Z"), True)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     runner = await serve(address, metrics.registry)
     try:
         async with aiohttp.ClientSession() as session, session.get(f"http://{address}/metrics") as resp:

@@ -4,19 +4,23 @@ waits, memory, window budgets, Redis round trips and credit decisions (docs/metr
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from limiter.instance import LimiterInstance, NotReady
-from limiter.metrics import WAIT_BUCKETS, Histogram, registry_for, render
-from limiter.policy import PolicySpec
-from limiter.settings import ServeSettings
-from limiter.store import RedisStore
-from tests.fleet.conftest import Fleet, Instance, wait_until
+from limiter.core.admission import NotReady
+from limiter.core.policy import PolicySpec
+from limiter.core.stats import WAIT_BUCKETS, Histogram
+from limiter.fleet.instance import LimiterInstance
+from limiter.fleet.settings import ServeSettings
+from limiter.redis.fleetstore import RedisStore
+from limiter.web.metrics import InstanceCollector
 from tests.metrics.conftest import MODEL
 from tests.metrics.promql import samples, value
+from tests.support.fleet import Fleet, Instance
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for_fresh_minute, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -99,12 +103,11 @@ def _queue_policy() -> dict[str, Any]:
 
 
 @pytest.mark.timeout(60)
-def test_refusal_reasons_queue_full_and_budget(fleet: Fleet) -> None:
+def test_refusal_reasons_queue_full_and_budget(fleet: Fleet, redis_server: RedisServer) -> None:
     fleet.write_policy("metrics-reasons", _queue_policy())
     (inst,) = fleet.start(1)
     # One slot (1000 TPM / 600 tokens). Windows are UTC minutes: keep the test inside one.
-    while time.time() % 60 > 45:
-        time.sleep(0.5)
+    wait_for_fresh_minute(redis_server, 15)
     status, lease, _ = inst.post("/api/jobs/acquire", {"jobType": "only", "waitSeconds": 5})
     assert status == 200
     answers: list[int] = []
@@ -137,7 +140,9 @@ async def test_not_ready_is_a_refusal_and_an_unjoined_instance_still_renders() -
         with pytest.raises(NotReady):
             await inst.acquire("only")
         assert inst.acquires.refusals == {("", "not_ready"): 1}  # no policy installed yet: no job types
-        text = render(registry_for(inst)).decode()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(InstanceCollector(inst))
+        text = generate_latest(registry).decode()
         assert value(text, "fleet_limiter_ready") == 0 and value(text, "fleet_limiter_redis_up") == 0
         assert "fleet_limiter_slots" not in text
     finally:

@@ -27,7 +27,7 @@ from limiter_operator.builders import (
 )
 from limiter_operator.settings import OperatorSettings
 
-from limiter.policy import RedisSettings, SecretKeyRef
+from limiter.core.policy import RedisSettings, SecretKeyRef
 
 SPEC: dict[str, Any] = {
     "models": [{"name": "model-alpha", "limits": {"tokensPerMinute": 100000}}],
@@ -203,7 +203,7 @@ def test_upstream_keys_in_secrets_reach_the_proxy_as_references() -> None:
         {"name": "local", "limits": {"tokensPerMinute": 1000}, "upstream": {"url": "http://x"}}
     )
     variables = env(deployment(spec))
-    # The name the proxy reads (limiter.upstream.api_key), as a Secret reference, never the key itself.
+    # The name the proxy reads (limiter.proxy.upstream.api_key), as a Secret reference, never the key itself.
     assert variables["FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI"] == {
         "secretKeyRef": {"name": "llm-keys", "key": "openai"}
     }

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from limiter import crd
-from limiter.k8s_status import PolicyStatus
-from limiter.policy import JobType, PolicySpec
-
-ROOT = Path(__file__).parents[2]
-
-
-def _gen_crd() -> Any:
-    spec = importlib.util.spec_from_file_location("gen_crd", ROOT / "tools" / "gen_crd.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from limiter.core.policy import JobType, PolicySpec
+from limiter.k8s import crd
+from limiter.k8s.status import PolicyStatus
+from tests.support.tools import ROOT, load_tool
 
 
 def test_generated_files_are_current() -> None:
-    assert _gen_crd().stale() == [], "stale: run `python -P tools/gen_crd.py`"
+    assert load_tool("gen_crd").stale() == [], "stale: run `python -P tools/gen_crd.py`"
 
 
 @pytest.mark.parametrize(

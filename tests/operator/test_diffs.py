@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from limiter_operator.diffs import differences, quantity
+from limiter_operator.diffs import differences
+
+from limiter.k8s.quantity import quantity
 
 WANT: dict[str, Any] = {
     "metadata": {"labels": {"a": "1"}},

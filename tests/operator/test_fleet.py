@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from limiter.credits import CreditStore
+from limiter.redis.creditstore import CreditStore
 from tests.operator.conftest import ROOT
 from tests.operator.support import Policies, plan, wait_for
 

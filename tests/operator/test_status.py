@@ -17,7 +17,7 @@ from limiter_operator.status import (
     status_patch,
 )
 
-from limiter.membership import AllocationRecord, PoolRecord
+from limiter.core.membership import AllocationRecord, PoolRecord
 from tests.operator.test_builders import SPEC, body
 
 NOW = "2026-01-01T00:00:00Z"

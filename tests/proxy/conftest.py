@@ -1,4 +1,4 @@
-"""Fixtures for proxy tests: real `fleet-limiter serve` processes (tests/fleet's helpers) in front
+"""Fixtures for proxy tests: real `fleet-limiter serve` processes (tests/support/fleet.py) in front
 of the stand-in LLM server (tests/fakes/llm_server.py), all on 127.0.0.1."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +14,10 @@ import aiohttp
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, fleet, redis_server, wait_until  # noqa: F401
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 ADMIN_TOKEN = "proxy-tests-admin-token"
 ENV = {"FLEET_LIMITER_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -82,7 +82,7 @@ def module_llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture(scope="module")
-def module_fleet(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Fleet]:  # noqa: F811
+def module_fleet(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Fleet]:
     """A fleet shared by a module's tests."""
     redis_server.start()
     f = Fleet(tmp_path_factory.mktemp("proxy-fleet"), redis_server.url)
@@ -120,24 +120,8 @@ async def burst(url: str, body: Any, n: int, headers: dict[str, str] | None = No
         return list(await asyncio.gather(*(post(session, url, body, headers) for _ in range(n))))
 
 
-def admin(token: str | None = ADMIN_TOKEN) -> dict[str, str]:
-    """Headers for an admin call (no Authorization when ``token`` is None)."""
-    return {"Authorization": f"Bearer {token}"} if token is not None else {}
-
-
 def admin_update(
     inst: Instance, body: Any, token: str | None = ADMIN_TOKEN
 ) -> tuple[int, Any, dict[str, str]]:
     """POST /admin/queue/update."""
-    data = json.dumps(body).encode()
-    req = urllib.request.Request(
-        inst.url + "/admin/queue/update",
-        data=data,
-        method="POST",
-        headers={"Content-Type": "application/json", **admin(token)},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read()), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+    return http("POST", inst.url + "/admin/queue/update", body, token=token)

@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, wait_until
 from tests.proxy.conftest import ENV, admin_update, burst, model, settled, spec, stats
+from tests.support.fleet import Fleet, Instance
+from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
@@ -150,3 +151,53 @@ def test_admin_update_bad_bodies(
     got, doc, _ = admin_update(admin_proxy, body)
     assert got == status and names in doc["error"], doc
     assert stats(admin_proxy, "adm")["parallel_limit"] == 8
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "limits", [{"tokensPerMinute": 1_000_000}, {"maxConcurrentRequests": 50}], ids=["windowed", "concurrency"]
+)
+async def test_admin_bounds_hold_on_every_model_and_waiting_holds_no_lease(
+    fleet: Fleet, llm: FakeLLMServer, limits: dict[str, int]
+) -> None:
+    name = "tpm-burst" if "tokensPerMinute" in limits else "conc-burst"
+    fleet.write_policy(name, spec([model(name, llm.url, limits=limits)], job(64)))
+    (inst,) = fleet.start(1, env=ENV)
+    status, doc, _ = admin_update(inst, {"model": name, "parallel_limit": 1, "queue_limit": 2})
+    assert status == 200 and (doc["parallel_limit"], doc["queue_limit"]) == (1, 2), doc
+    llm.behave(name, latency=1.0)
+    seen = {"leases": 0, "waiting": 0, "active": 0}
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.get(inst.url + "/api/debug/allocation") as resp:
+                    jobs = (await resp.json())["jobTypes"]
+                async with session.get(inst.url + f"/queue/stats?model={name}") as resp:
+                    q = (await resp.json())["models"][name]
+                seen["leases"] = max(seen["leases"], sum(j["inFlight"] for j in jobs.values()))
+                seen["waiting"] = max(seen["waiting"], q["queued_requests"])
+                seen["active"] = max(seen["active"], q["active_requests"])
+                await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        answers = await burst(inst.url + "/v1/chat/completions", {"model": name, **CHAT}, 10)
+    finally:
+        stop.set()
+        await watcher
+    ok = [a for a in answers if a.status == 200]
+    refused = [a for a in answers if a.status == 503]
+    assert (len(ok), len(refused)) == (3, 7), [a.status for a in answers]
+    for a in refused:
+        assert a.seconds < 0.5, "a full queue must refuse at once, holding nothing"
+        assert (
+            "queue full" in a.json()["error"]["message"] and "queue_limit 2" in a.json()["error"]["message"]
+        )
+    assert llm.peak[name] == 1
+    # Waiting requests hold no lease: never more leases than requests forwarding (parallel_limit 1).
+    assert seen == {"leases": 1, "waiting": 2, "active": 1}, seen
+    settled(inst, name)
+    doc = stats(inst, name)
+    assert (doc["total_processed"], doc["total_rejected"]) == (3, 7)

@@ -12,8 +12,9 @@ import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, http
 from tests.proxy.conftest import ENV, model, settled, spec
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 
 DAY = {"tokensPerDay": 10_000_000, "maxConcurrentRequests": 8}
 UPSTREAM_KEY = "sk-upstream-secret-value"

@@ -7,25 +7,11 @@ import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, http
 from tests.proxy.conftest import ADMIN_TOKEN, ENV, model, spec
+from tests.support.fleet import Fleet
+from tests.support.http import http
 
 KEY = "team-a-credit-key-0001"
-
-
-def admin(method: str, url: str, body: object = None) -> tuple[int, dict]:  # type: ignore[type-arg]
-    import json
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 @pytest.mark.timeout(60)
@@ -36,14 +22,14 @@ def test_proxy_charges_the_key_for_what_the_answer_used(fleet: Fleet, llm: FakeL
         spec([model("gpt-credits", llm.url)], credits={"enforce": True, "unit": "tokens"}),
     )
     (inst,) = fleet.start(1, env=ENV)
-    assert admin("PUT", f"{inst.url}/api/keys/{KEY}", {"credits": 1000})[0] in (200, 201)
+    assert http("PUT", f"{inst.url}/api/keys/{KEY}", {"credits": 1000}, token=ADMIN_TOKEN)[0] in (200, 201)
 
     client = openai.OpenAI(base_url=inst.url + "/v1", api_key=KEY, max_retries=0)
     answer = client.chat.completions.create(
         model="gpt-credits", messages=[{"role": "user", "content": "hello"}], max_tokens=200
     )
     assert answer.usage is not None and answer.usage.total_tokens == 100
-    status, doc = admin("GET", f"{inst.url}/api/keys/{KEY}")
+    status, doc, _ = http("GET", f"{inst.url}/api/keys/{KEY}", token=ADMIN_TOKEN)
     assert status == 200 and doc["remaining"] == 900  # charged the 100 used, not the estimate
     assert all(
         "Authorization" not in r.headers or KEY not in r.headers["Authorization"] for r in llm.received()
@@ -57,7 +43,7 @@ def test_proxy_charges_the_key_for_what_the_answer_used(fleet: Fleet, llm: FakeL
         )
     assert info.value.status_code == 429 and "do not cover this request" in str(info.value)
     assert len(llm.received()) == sent
-    assert admin("GET", f"{inst.url}/api/keys/{KEY}")[1]["remaining"] == 900
+    assert http("GET", f"{inst.url}/api/keys/{KEY}", token=ADMIN_TOKEN)[1]["remaining"] == 900
 
     # No key, or a key without a budget: 401, nothing forwarded.
     status, doc, _ = http("POST", inst.url + "/v1/chat/completions", {"model": "gpt-credits", "messages": []})
@@ -81,14 +67,15 @@ def test_failed_upstream_costs_nothing_and_requests_unit_charges_one(
         ),
     )
     (inst,) = fleet.start(1, env=ENV)
-    admin("PUT", f"{inst.url}/api/keys/{KEY}", {"credits": 3})
+    http("PUT", f"{inst.url}/api/keys/{KEY}", {"credits": 3}, token=ADMIN_TOKEN)
     client = openai.OpenAI(base_url=inst.url + "/v1", api_key=KEY, max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="gpt-flaky", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502
-    assert admin("GET", f"{inst.url}/api/keys/{KEY}")[1]["remaining"] == 3  # the upstream failed: no charge
+    # The upstream failed: no charge.
+    assert http("GET", f"{inst.url}/api/keys/{KEY}", token=ADMIN_TOKEN)[1]["remaining"] == 3
     for _ in range(3):
         client.chat.completions.create(model="gpt-ok", messages=[{"role": "user", "content": "x"}])
-    assert admin("GET", f"{inst.url}/api/keys/{KEY}")[1]["remaining"] == 0
+    assert http("GET", f"{inst.url}/api/keys/{KEY}", token=ADMIN_TOKEN)[1]["remaining"] == 0
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-ok", messages=[{"role": "user", "content": "x"}])

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.fleet.conftest import Fleet, Instance, http
 from tests.proxy.conftest import ENV, model, spec
+from tests.support.fleet import Fleet, Instance
+from tests.support.http import http
 
 JOB_TYPES = [
     {"name": "chat", "ratio": 0.5, "estimate": {"tokens": 100, "memoryKB": 256}, "queue": {"maxWaiting": 10}},
@@ -59,6 +60,35 @@ def proxy(module_fleet: Fleet, module_llm: FakeLLMServer) -> Iterator[Instance]:
             "X-Job-Type: unknown job type",
         ),
         ("/api/chat", {"model": "llama"}, {"X-Job-Type": "batch"}, 400, "may not use model 'llama'"),
+        # What sizes the reservation is checked, never forwarded or crashed on.
+        ("/v1/chat/completions", {"model": "gpt-like", "messages": 5}, {}, 400, "messages: 5 is not valid"),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-like", "messages": [], "max_tokens": -5},
+            {},
+            400,
+            "max_tokens",
+        ),
+        ("/v1/completions", {"model": "gpt-like", "max_tokens": 1e308}, {}, 400, "max_tokens: 1e+308"),
+        ("/v1/completions", b'{"model": "gpt-like", "max_tokens": NaN}', {}, 400, "max_tokens: NaN"),
+        ("/v1/completions", {"model": "gpt-like", "max_tokens": "9"}, {}, 400, 'max_tokens: "9"'),
+        ("/v1/completions", {"model": "gpt-like", "n": 0}, {}, 400, "n: 0 is not valid"),
+        ("/api/generate", {"model": "llama", "options": {"num_predict": -3}}, {}, 400, "options.num_predict"),
+        ("/api/chat", {"model": "llama", "messages": {"role": "user"}}, {}, 400, "messages: dict"),
+        (
+            "/v1/completions",
+            b'{"model": "gpt-like", "prompt": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+            {},
+            400,
+            "nested",
+        ),
+        (
+            "/v1/completions",
+            b'{"model": "gpt-like", "max_tokens": ' + b"9" * 5000 + b"}",
+            {},
+            400,
+            "not valid JSON",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(

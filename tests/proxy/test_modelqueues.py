@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from limiter.modelqueues import BUCKETS, ModelQueue, Timing
+from limiter.proxy.queues import BUCKETS, ModelQueue, Timing
+from tests.support.waiting import wait_until_async
 
 
 @pytest.mark.parametrize(
@@ -48,11 +49,13 @@ async def test_gate_is_first_come_first_served_under_the_limit() -> None:
         order.append(i)
 
     waiters = [asyncio.create_task(enter(i)) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: len(q._gate) == 3, 1, what="three waiters at the gate")
     assert q.active == 1 and not order
-    for _ in range(3):
+    for passed in range(1, 4):
         q.leave()
-        await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda passed=passed: len(order) == passed, 1, what=f"{passed} through the gate"
+        )
     await asyncio.gather(*waiters)
     assert order == [0, 1, 2] and q.active == 1
 
@@ -62,7 +65,7 @@ async def test_gate_times_out_and_follows_a_raised_limit() -> None:
     limit = 0
     assert not await q.pass_gate(lambda: limit, 0.05)
     waiter = asyncio.create_task(q.pass_gate(lambda: limit, 5))
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: len(q._gate) == 1, 1, what="the waiter at the gate")
     limit = 1  # no event: the waiter re-checks on its own
     assert await asyncio.wait_for(waiter, 1)
     assert q.active == 1 and not q._gate
@@ -72,7 +75,7 @@ async def test_cancelled_waiter_leaves_the_gate() -> None:
     q = ModelQueue("m")
     assert await q.pass_gate(lambda: 1, 1)
     waiter = asyncio.create_task(q.pass_gate(lambda: 1, 5))
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: len(q._gate) == 1, 1, what="the waiter at the gate")
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter

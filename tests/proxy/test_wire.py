@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from limiter.policy import parse_policy
-from limiter.upstream import UpstreamKeyMissing, api_key, key_env_name, shown_url, target_url
-from limiter.wire import (
+from limiter.core.policy import parse_policy, upstream_key_env
+from limiter.proxy.upstream import UpstreamKeyMissing, api_key, shown_url, target_url
+from limiter.proxy.wire import (
     ROUTES,
     NdjsonRelay,
     SseRelay,
@@ -147,7 +147,7 @@ def test_shown_url_hides_credentials() -> None:
 
 
 def test_key_variables() -> None:
-    assert key_env_name("gpt-4o-mini") == "FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI"
+    assert upstream_key_env("gpt-4o-mini") == "FLEET_LIMITER_UPSTREAM_KEY_GPT_4O_MINI"
     spec, _ = parse_policy(
         {
             "models": [

@@ -1,19 +1,16 @@
-"""Fixtures for tests against a real, private redis-server (tests/support/redis_server.py).
-
-One server per session, flushed before every test. If redis-server is not installed the fixture
-fails with the command that installs it: these tests never skip.
-"""
+"""Fixtures for tests against a real, private redis-server: clients and stores on the session's
+server (``redis_server`` of tests/support/plugin.py), which is flushed before every test."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.store import RedisStore
-from tests.support.redis_server import RedisServer, new_server
+from limiter.redis.fleetstore import RedisStore
+from tests.support.redis_server import RedisServer
 
 #: A small policy: TPM 100K shared by a (10K tokens, 0.6) and b (5K, 0.4), plus RPM on a second model.
 SPEC: dict[str, Any] = {
@@ -27,20 +24,6 @@ SPEC: dict[str, Any] = {
     ],
     "instance": {"heartbeatSeconds": 0.1, "instanceTimeoutSeconds": 5},
 }
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """The session's private redis-server."""
-    with new_server() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh_redis_server() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, for tests that stop, restart or kill it."""
-    with new_server() as server:
-        yield server
 
 
 @pytest.fixture

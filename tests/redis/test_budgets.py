@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from limiter.fleetbudget import BudgetAsk
-from limiter.store import RedisStore
+from limiter.core.windows import BudgetAsk
+from limiter.redis.fleetstore import RedisStore
 
 pytestmark = pytest.mark.redis
 

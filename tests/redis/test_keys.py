@@ -8,12 +8,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from limiter.fleetbudget import BudgetAsk
-from limiter.keys import PolicyKeys
-from limiter.policy import WINDOW_LIMITS
-from limiter.store import RedisStore
-from tests.redis.conftest import SPEC, new_server
-from tests.support.redis_server import RedisServer
+from limiter.core.policy import WINDOW_LIMITS
+from limiter.core.windows import BudgetAsk
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.keys import PolicyKeys
+from tests.redis.conftest import SPEC
+from tests.support.redis_server import RedisServer, new_server
 
 
 def slot(key: str | bytes) -> int:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from limiter.membership import AllocationRecord
-from limiter.store import RedisStore
+from limiter.core.membership import AllocationRecord
+from limiter.redis.fleetstore import RedisStore
 from tests.redis.conftest import SPEC
 
 pytestmark = pytest.mark.redis

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.fleetbudget import BudgetAsk
-from limiter.store import RedisStore, StoreUnavailable
-from tests.redis.conftest import SPEC, new_server
-from tests.support.redis_server import RedisServer
+from limiter.core.windows import BudgetAsk
+from limiter.redis.fleetstore import RedisStore
+from limiter.redis.plumbing import StoreUnavailable
+from tests.redis.conftest import SPEC
+from tests.support.redis_server import RedisServer, new_server
 
 pytestmark = pytest.mark.redis
 

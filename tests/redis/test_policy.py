@@ -9,9 +9,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from limiter.fleetbudget import BudgetAsk
-from limiter.policy import PolicySpec
-from limiter.store import RedisStore
+from limiter.core.policy import PolicySpec
+from limiter.core.windows import BudgetAsk
+from limiter.redis.fleetstore import RedisStore
 from tests.redis.conftest import SPEC
 
 pytestmark = pytest.mark.redis

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.redis.conftest import new_server
-from tests.support.redis_server import RedisServer, RedisServerMissing
+from tests.support.redis_server import RedisServer, RedisServerMissing, new_server
 
 
 def test_a_missing_redis_server_fails_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

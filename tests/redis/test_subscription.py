@@ -9,10 +9,12 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from limiter.membership import AllocationRecord
-from limiter.store import AllocationSubscription, RedisStore, StoreUnavailable
+from limiter.core.membership import AllocationRecord
+from limiter.redis.fleetstore import AllocationSubscription, RedisStore
+from limiter.redis.plumbing import StoreUnavailable
 from tests.redis.conftest import SPEC
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.redis
 
@@ -78,14 +80,17 @@ async def test_subscription_reconnects_and_resyncs_after_a_redis_restart(
         await store.register("a", {})
         async with store.subscribe() as sub:
             fresh_redis_server.restart(flush=True)  # every connection drops; the data is gone
+
             # The instance re-registers on its next heartbeat; the subscriber hears of it either by
             # the published message or by the record it reads back after resubscribing.
-            for _ in range(50):
+            async def heartbeat() -> bool:
                 try:
                     await store.heartbeat("a")
-                    break
                 except StoreUnavailable:
-                    await asyncio.sleep(0.05)
+                    return False
+                return True
+
+            await wait_until_async(heartbeat, 5, interval=0.05, what="a heartbeat after the restart")
             record = await asyncio.wait_for(anext(sub), 5)
             assert record.instance_count == 1
             assert sub.reconnects == 1

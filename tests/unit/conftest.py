@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from limiter.policy import PolicySpec, parse_policy
+from limiter.core.policy import PolicySpec, parse_policy
 
 
 def make_spec(models: list[dict[str, Any]], job_types: list[dict[str, Any]], **extra: Any) -> PolicySpec:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limiter.allocation import compute_allocation, pool_params
+from limiter.core.allocation import compute_allocation, pool_params
 from tests.unit.conftest import make_spec
 
 TPM = [{"name": "model-alpha", "limits": {"tokensPerMinute": 100_000}}]

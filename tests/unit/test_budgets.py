@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limiter.budgets import BudgetLedger, Reservation, Shortfall, window_end, window_id
+from limiter.core.budgets import BudgetLedger, Reservation, Shortfall, window_end, window_id
 from tests.unit.conftest import make_spec
 
 MIDNIGHT = 1_700_006_400.0  # 2023-11-15T00:00:00Z, a UTC day boundary

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from limiter.allocation import compute_allocation
-from limiter.budgets import BudgetLedger
-from limiter.clock import FakeClock
-from limiter.jobtypes import AdmissionError, JobTypeManager, QueueFull, Ticket, UnknownJobType
+from limiter.core.admission import AdmissionError, JobTypeManager, QueueFull, Ticket, UnknownJobType
+from limiter.core.allocation import compute_allocation
+from limiter.core.budgets import BudgetLedger
+from limiter.core.clock import FakeClock
 from tests.unit.conftest import make_spec
 
 MODEL = [{"name": "test-model", "limits": {"maxConcurrentRequests": 10}}]
@@ -221,7 +221,7 @@ def test_leases_expire_and_return_their_slot() -> None:
 
 
 def test_idle_current_ratio_equals_initial_ratio() -> None:
-    from limiter.policy import load_policy
+    from limiter.core.policy import load_policy
 
     spec, _ = load_policy(Path(__file__).parents[2] / "examples" / "production.yaml")
     m = JobTypeManager(spec, compute_allocation(spec, 3), FakeClock())

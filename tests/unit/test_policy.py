@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from limiter.policy import PolicyError, load_policy, loads_policy, parse_policy
+from limiter.core.policy import PolicyError, load_policy, loads_policy, parse_policy
 
 BASE: dict[str, Any] = {
     "models": [

@@ -1,0 +1,462 @@
+"""The job-type manager (SPEC section 5): pure, synchronous, with the clock injected.
+
+It decides, on one instance, which waiting job runs next and on which model:
+
+* A job of type j may run on model m when j has a free slot of its own there (its ``slots[j][m]``
+  from the allocation), or, if j is flexible, when the flexible types of m together have a slot
+  that no flexible owner with waiting work is entitled to. Fixed types neither lend nor borrow.
+* Waiting jobs are served in arrival order (FIFO within a job type); a job allowed on several
+  models takes the first model, in its order of preference, with a free slot.
+* Owners come first: a slot is lent only where its owner has no waiting work that could use it,
+  so a freed slot goes to its owner before a borrower. Nothing is ever preempted.
+* Every acquire, release and allocation change dispatches at once; no timer is involved.
+* When slots shrink below what is in flight, nothing is cancelled; new work waits.
+
+The window budgets are consulted through a :class:`BudgetGate` when a job is placed, so a model
+whose window is spent is skipped (and the job waits) without the manager doing any I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Literal, Protocol
+
+from limiter.core.allocation import Allocation
+from limiter.core.budgets import Reservation, Shortfall
+from limiter.core.clock import Clock
+from limiter.core.policy import JobType, PolicySpec
+
+State = Literal["waiting", "granted", "rejected", "cancelled", "released", "expired"]
+
+
+class AdmissionError(Exception):
+    """A request refused without a lease; ``status`` is the HTTP status it maps to, and a 503 comes
+    with ``retry_after``, the seconds after which trying again may succeed."""
+
+    status = 400
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class UnknownJobType(AdmissionError):
+    status = 404
+
+
+class UnknownLease(AdmissionError):
+    status = 404
+
+
+class QueueFull(AdmissionError):
+    """The job type's queue is full, or the request asked not to wait and nothing was free."""
+
+    status = 503
+
+
+class NoCapacity(AdmissionError):
+    """The wait ended without a slot ("all models rejected")."""
+
+    status = 503
+
+
+class NotReady(AdmissionError):
+    """The instance cannot admit work now (starting, Redis never reached, or shutting down)."""
+
+    status = 503
+
+
+class BudgetGate(Protocol):
+    """Window budgets as the manager sees them (a :class:`limiter.core.budgets.BudgetLedger` fits)."""
+
+    def try_reserve(self, model: str, amounts: Mapping[str, int], now: float) -> Reservation | Shortfall: ...
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job: waiting for a slot, then holding one (a lease) until released."""
+
+    id: str
+    job_type: str
+    models: tuple[str, ...]
+    estimate: dict[str, int]
+    """Estimate field -> amount: ``tokens``, ``requests``, ``memoryKB``."""
+    seq: int
+    enqueued_at: float
+    deadline: float
+    state: State = "waiting"
+    model: str | None = None
+    borrowed: bool = False
+    granted_at: float | None = None
+    reservation: Reservation | None = None
+    reason: str | None = None
+    shortfall: Shortfall | None = field(default=None, repr=False)
+
+    @property
+    def reserved(self) -> dict[str, int]:
+        """What the lease reserved: tokens and requests (the window budget), and memoryKB."""
+        return dict(self.estimate)
+
+
+Listener = Callable[[Ticket], None]
+
+
+class JobTypeManager:
+    """Slots, queues and borrowing for the job types of one instance."""
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        allocation: Allocation,
+        clock: Clock,
+        gate: BudgetGate | None = None,
+        listener: Listener | None = None,
+        budget_grace_seconds: float = 0.0,
+    ) -> None:
+        """``budget_grace_seconds``: how long a job that asked not to wait (``wait_seconds=0``) may
+        still wait when a slot is free but the budget must first be drawn from the fleet (one Redis
+        round trip). 0 where budgets are local."""
+        self.clock = clock
+        self.budget_grace_seconds = budget_grace_seconds
+        self.gate = gate
+        self.listener = listener
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, Ticket] = {}  # insertion order == arrival order
+        self.leases: dict[str, Ticket] = {}
+        self.in_flight: Counter[tuple[str, str]] = Counter()
+        self.memory_in_use_kb = 0
+        self.stats: Counter[str] = Counter()
+        self.spec = spec
+        self.allocation = allocation
+        self._apply(spec, allocation)
+
+    # -- configuration -------------------------------------------------------------------------------
+
+    def _apply(self, spec: PolicySpec, allocation: Allocation) -> None:
+        self.spec = spec
+        self.allocation = allocation
+        self.types: dict[str, JobType] = {j.name: j for j in spec.job_types}
+        self.flexible = {j.name for j in spec.job_types if j.flexible}
+        self.slots: dict[tuple[str, str], int] = {
+            (j, m): share.slots for j, per in allocation.slots.items() for m, share in per.items()
+        }
+        self.models = [m.name for m in spec.models]
+        self.memory_budget_kb = allocation.memory_budget_kb
+
+    def set_allocation(self, allocation: Allocation) -> list[Ticket]:
+        """New slots apply at once, up or down; growing capacity goes to waiting work now."""
+        self._apply(self.spec, allocation)
+        return self.dispatch()
+
+    def set_policy(self, spec: PolicySpec, allocation: Allocation) -> list[Ticket]:
+        """A new policy generation, live. Leases in flight keep running; waiting jobs whose type
+        or models vanished are rejected."""
+        self._apply(spec, allocation)
+        for t in list(self._waiting.values()):
+            allowed = set(spec.models_of(self.types[t.job_type])) if t.job_type in self.types else set()
+            if not set(t.models) <= allowed:
+                self._finish_waiting(t, "rejected", "the policy changed: job type or models no longer exist")
+        return self.dispatch()
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        job_type: str,
+        models: Iterable[str] | None = None,
+        estimate: Mapping[str, int] | None = None,
+        wait_seconds: float | None = None,
+    ) -> Ticket:
+        """Queue a job and dispatch at once. The ticket is granted, or waiting, or raises.
+
+        Raises :class:`UnknownJobType` (404), :class:`AdmissionError` (400) for models the type may
+        not use or a bad estimate, and :class:`QueueFull` (503) when the type's queue is full.
+        """
+        jt = self.types.get(job_type)
+        if jt is None:
+            raise UnknownJobType(
+                f"jobType: unknown job type '{job_type}'; known job types: {', '.join(self.types)}"
+            )
+        allowed = self.spec.models_of(jt)
+        chosen = tuple(models) if models is not None else tuple(allowed)
+        if not chosen:
+            raise AdmissionError("models: must name at least one model")
+        for m in chosen:
+            if m not in allowed:
+                raise AdmissionError(
+                    f"models: job type '{job_type}' may not use model '{m}'; allowed: {', '.join(allowed)}"
+                )
+        est = {
+            "tokens": jt.estimate.tokens,
+            "requests": jt.estimate.requests,
+            "memoryKB": jt.estimate.memory_kb,
+        }
+        for k, v in (estimate or {}).items():
+            if k not in est:
+                raise AdmissionError(f"estimate.{k}: unknown field; valid fields: tokens, requests, memoryKB")
+            est[k] = v
+        waiting_of_type = sum(1 for t in self._waiting.values() if t.job_type == job_type)
+        now = self.clock.now()
+        max_wait = jt.queue.max_wait_seconds
+        wait = max_wait if wait_seconds is None else min(wait_seconds, max_wait)
+        ticket = Ticket(
+            id=f"{next(self._ids):x}",
+            job_type=job_type,
+            models=chosen,
+            estimate=est,
+            seq=0,
+            enqueued_at=now,
+            deadline=now + wait,
+        )
+        ticket.seq = int(ticket.id, 16)
+        if self._place_now(ticket):
+            return ticket
+        if wait <= 0 and self.budget_grace_seconds > 0 and self._waits_only_for_budget(ticket):
+            wait = self.budget_grace_seconds  # a slot is free: wait only for the budget draw
+            ticket.deadline = now + wait
+        if waiting_of_type >= jt.queue.max_waiting or wait <= 0:
+            self.stats["rejected_queue_full" if wait > 0 else "rejected_no_wait"] += 1
+            raise QueueFull(
+                f"all models rejected: job type '{job_type}' has no free slot"
+                + (f" and its queue is full ({jt.queue.max_waiting} waiting)" if wait > 0 else "")
+            )
+        self._waiting[ticket.id] = ticket
+        return ticket
+
+    def _place_now(self, ticket: Ticket) -> bool:
+        """Grant at once when no earlier job of the same kind waits (FIFO) and a slot is free."""
+        if any(t.job_type == ticket.job_type and t.models == ticket.models for t in self._waiting.values()):
+            return False
+        placed = self._place(ticket, self._waiting_on())
+        if placed:
+            self._grant(ticket, *placed)
+        return placed is not None
+
+    def _waits_only_for_budget(self, ticket: Ticket) -> bool:
+        """Whether the ticket (or the jobs of its kind queued ahead of it, FIFO) found a free slot
+        and waits only for window budget to be drawn."""
+        if ticket.shortfall is not None:
+            return True
+        # The oldest job of its kind is the one dispatch tries first (FIFO); the others behind it
+        # have not been tried and carry no shortfall of their own.
+        head = next(
+            (
+                t
+                for t in self._waiting.values()
+                if t.job_type == ticket.job_type and t.models == ticket.models
+            ),
+            None,
+        )
+        return head is not None and head.shortfall is not None
+
+    def cancel(self, ticket: Ticket, reason: str = "cancelled by the client") -> None:
+        """A waiting job leaves the queue (its client went away). No effect on other states."""
+        if ticket.state == "waiting":
+            self._finish_waiting(ticket, "cancelled", reason)
+            self.dispatch()
+
+    def release(self, ticket: Ticket, expired: bool = False) -> list[Ticket]:
+        """A lease ends; its slot goes to waiting work at once. Returns the tickets granted."""
+        if ticket.state != "granted" or ticket.model is None:
+            return []
+        ticket.state = "expired" if expired else "released"
+        self.leases.pop(ticket.id, None)
+        self.in_flight[(ticket.job_type, ticket.model)] -= 1
+        self.memory_in_use_kb -= ticket.estimate.get("memoryKB", 0)
+        self.stats["expired" if expired else "released"] += 1
+        return self.dispatch()
+
+    def expire(self) -> list[Ticket]:
+        """Reject waiting jobs past their deadline and expire leases past the lease timeout."""
+        now = self.clock.now()
+        out = []
+        for t in list(self._waiting.values()):
+            if t.deadline <= now:
+                self._finish_waiting(t, "rejected", "all models rejected: no slot freed within the wait")
+                self.stats["rejected_timeout"] += 1
+                out.append(t)
+        timeout = self.spec.instance.lease_timeout_seconds
+        for t in list(self.leases.values()):
+            if t.granted_at is not None and t.granted_at + timeout <= now:
+                self.release(t, expired=True)
+                out.append(t)
+        return out
+
+    # -- dispatch --------------------------------------------------------------------------------------
+
+    def dispatch(self) -> list[Ticket]:
+        """Grant every waiting job that can run now, oldest first. Returns the granted tickets."""
+        granted: list[Ticket] = []
+        progress = True
+        while progress and self._waiting:
+            progress = False
+            waiting_on = self._waiting_on()
+            blocked: set[tuple[str, tuple[str, ...]]] = set()
+            for t in list(self._waiting.values()):
+                key = (t.job_type, t.models)
+                if key in blocked:
+                    continue
+                placed = self._place(t, waiting_on)
+                if placed is None:
+                    blocked.add(key)
+                    continue
+                del self._waiting[t.id]
+                for m in t.models:
+                    waiting_on[(t.job_type, m)] -= 1
+                self._grant(t, *placed)
+                granted.append(t)
+                progress = True
+        return granted
+
+    def _waiting_on(self) -> Counter[tuple[str, str]]:
+        counts: Counter[tuple[str, str]] = Counter()
+        for t in self._waiting.values():
+            for m in t.models:
+                counts[(t.job_type, m)] += 1
+        return counts
+
+    def _place(self, t: Ticket, waiting_on: Counter[tuple[str, str]]) -> tuple[str, bool, Reservation] | None:
+        t.shortfall = None  # set again below if the window budget is what blocks it now
+        mem = t.estimate.get("memoryKB", 0)
+        if self.memory_budget_kb is not None and self.memory_in_use_kb + mem > self.memory_budget_kb:
+            return None
+        flexible = t.job_type in self.flexible
+        for m in t.models:
+            own = self.in_flight[(t.job_type, m)] < self.slots.get((t.job_type, m), 0)
+            if flexible and self._flexible_free(m) <= 0:
+                continue  # its own slot is lent out: it comes back when the borrowed job ends
+            borrow = not own and flexible and self._lendable(t.job_type, m, waiting_on) > 0
+            if not (own or borrow):
+                continue
+            reservation = self._reserve(t, m)
+            if reservation is not None:
+                return m, borrow, reservation
+        return None
+
+    def _flexible_free(self, model: str) -> int:
+        """Flexible slots on ``model`` that nobody holds (negative after the pool shrank)."""
+        return sum(self.slots.get((k, model), 0) - self.in_flight[(k, model)] for k in self.flexible)
+
+    def _lendable(self, job_type: str, model: str, waiting_on: Counter[tuple[str, str]]) -> int:
+        """Flexible slots on ``model`` free for a borrower, after owners with waiting work."""
+        free = 0
+        owed = 0
+        for k in self.flexible:
+            own = self.slots.get((k, model), 0)
+            busy = self.in_flight[(k, model)]
+            free += own - busy
+            if k != job_type:
+                owed += min(waiting_on[(k, model)], max(0, own - busy))
+        return free - owed
+
+    def _reserve(self, t: Ticket, model: str) -> Reservation | None:
+        amounts = {"tokens": t.estimate.get("tokens", 0), "requests": t.estimate.get("requests", 0)}
+        if self.gate is None:
+            return Reservation(model, amounts, {})
+        result = self.gate.try_reserve(model, amounts, self.clock.now())
+        if isinstance(result, Shortfall):
+            t.shortfall = result
+            return None
+        t.shortfall = None
+        return result
+
+    def _grant(self, t: Ticket, model: str, borrowed: bool, reservation: Reservation) -> None:
+        t.state = "granted"
+        t.model = model
+        t.borrowed = borrowed
+        t.reservation = reservation
+        t.granted_at = self.clock.now()
+        t.shortfall = None
+        self.leases[t.id] = t
+        self.in_flight[(t.job_type, model)] += 1
+        self.memory_in_use_kb += t.estimate.get("memoryKB", 0)
+        self.stats["granted"] += 1
+        if borrowed:
+            self.stats["borrowed"] += 1
+        if self.listener:
+            self.listener(t)
+
+    def _finish_waiting(self, t: Ticket, state: State, reason: str) -> None:
+        self._waiting.pop(t.id, None)
+        t.state = state
+        t.reason = reason
+        if self.listener:
+            self.listener(t)
+
+    # -- reporting ---------------------------------------------------------------------------------------
+
+    def waiting(self, job_type: str | None = None) -> list[Ticket]:
+        """Waiting tickets, oldest first (of one type, or all)."""
+        return [t for t in self._waiting.values() if job_type is None or t.job_type == job_type]
+
+    def shortfalls(self) -> list[Shortfall]:
+        """Budget shortfalls that currently block waiting jobs (what a fleet adapter should draw)."""
+        return [t.shortfall for t in self._waiting.values() if t.shortfall is not None]
+
+    def _lending(self) -> tuple[Counter[tuple[str, str]], dict[tuple[str, str], Fraction]]:
+        """Per (job type, model): effective slots (own - lent + borrowed), and the share of the
+        model's capacity moved to (+) or from (-) the type by borrowing.
+
+        Borrowed slots are covered by idle flexible owners in policy order; a lent slot is worth
+        its owner's ``ratio / own slots`` of the model, and borrowers share what was lent in
+        proportion to what they borrowed.
+        """
+        eff: Counter[tuple[str, str]] = Counter()
+        moved: dict[tuple[str, str], Fraction] = {}
+        for m in self.models:
+            extra: dict[str, int] = {}
+            for j in self.types:
+                own = self.slots.get((j, m), 0)
+                extra[j] = max(0, self.in_flight[(j, m)] - own) if j in self.flexible else 0
+                eff[(j, m)] = own + extra[j]
+            borrowed_total = sum(extra.values())
+            to_cover, value_lent = borrowed_total, Fraction(0)
+            for j in self.types:  # lenders, in policy order, give up idle slots to cover the borrowing
+                own = self.slots.get((j, m), 0)
+                if to_cover <= 0 or j not in self.flexible or own == 0:
+                    continue
+                lent = min(max(0, own - self.in_flight[(j, m)]), to_cover)
+                eff[(j, m)] -= lent
+                to_cover -= lent
+                worth = self.types[j].exact_ratio * lent / own
+                moved[(j, m)] = moved.get((j, m), Fraction(0)) - worth
+                value_lent += worth
+            for j, n in extra.items():
+                if n:
+                    moved[(j, m)] = moved.get((j, m), Fraction(0)) + value_lent * n / borrowed_total
+        return eff, moved
+
+    def effective_slots(self) -> dict[str, int]:
+        """Per job type: own slots, minus what it lends, plus what it borrows (summed over models)."""
+        eff, _ = self._lending()
+        return {j: sum(eff[(j, m)] for m in self.models) for j in self.types}
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """``jobTypes`` of ``GET /api/debug/allocation``: ratios, in flight, waiting, slots.
+
+        ``currentRatio`` is the type's effective share of capacity: its ratio, minus what it lends,
+        plus what it borrows, averaged over the models it may use. Idle, it equals ``initialRatio``.
+        """
+        eff, moved = self._lending()
+        waiting = Counter(t.job_type for t in self._waiting.values())
+        out: dict[str, dict[str, object]] = {}
+        for j, jt in self.types.items():
+            models = self.spec.models_of(jt)
+            current = jt.exact_ratio + sum(
+                (moved.get((j, m), Fraction(0)) for m in models), Fraction(0)
+            ) / len(models)
+            out[j] = {
+                "currentRatio": round(float(current), 6),
+                "initialRatio": jt.ratio,
+                "flexible": jt.flexible,
+                "inFlight": sum(self.in_flight[(j, m)] for m in self.models),
+                "waiting": waiting[j],
+                "allocatedSlots": sum(eff[(j, m)] for m in self.models),
+                "ownSlots": sum(self.slots.get((j, m), 0) for m in self.models),
+            }
+        return out

@@ -1,0 +1,193 @@
+"""Slot allocation (SPEC section 3): pure, exact, no I/O.
+
+For job type j on model m, with N live instances::
+
+    slots[j][m] = min over the limits d that m sets of floor(capacity_d / estimate_{j,d} / N * ratio_j)
+                  with maxConcurrentRequests:    floor(maxConcurrentRequests / N * ratio_j)
+                  and the local memory bound:    floor(memoryBudgetKB * ratio_j / estimate_{j,memoryKB})
+
+Every floor is taken over :class:`fractions.Fraction`, never a float: ``floor(100 * 0.29)`` is 29.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from limiter.core.policy import WINDOW_LIMITS, JobType, ModelSpec, PolicySpec
+
+#: Per-instance share fields reported for every model, in display order.
+SHARE_FIELDS: tuple[str, ...] = (*WINDOW_LIMITS, "maxConcurrentRequests")
+MEMORY = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotShare:
+    """One job type's slots on one model, on one instance."""
+
+    slots: int
+    binding: str
+    """The limit that gives the fewest slots (a limit name, or ``memory``)."""
+    shares: dict[str, Fraction | None]
+    """The model's per-instance shares (capacity / N), ``None`` where the model sets no such limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A model's job-type-blind pool on one instance, as Redis keeps it."""
+
+    total_slots: int
+    shares: dict[str, Fraction | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What one instance may run when ``instance_count`` instances share the fleet's limits."""
+
+    instance_count: int
+    pools: dict[str, Pool]
+    slots: dict[str, dict[str, SlotShare]]
+    """job type -> model -> share; only the models the job type may use."""
+    memory_budget_kb: int | None = None
+
+    def slots_of(self, job_type: str, model: str) -> int:
+        """Slots of ``job_type`` on ``model`` (0 where it may not use it)."""
+        share = self.slots.get(job_type, {}).get(model)
+        return share.slots if share else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``allocation`` and ``slotsByJobTypeAndModel`` parts of ``GET /api/debug/allocation``."""
+        return {
+            "allocation": {
+                "instanceCount": self.instance_count,
+                "pools": {
+                    m: {"totalSlots": p.total_slots, **_shares_json(p.shares, SHARE_FIELDS[:4])}
+                    for m, p in self.pools.items()
+                },
+            },
+            "slotsByJobTypeAndModel": {
+                j: {
+                    m: {"slots": s.slots, **_shares_json(s.shares, SHARE_FIELDS)}
+                    for m, s in per_model.items()
+                }
+                for j, per_model in self.slots.items()
+            },
+        }
+
+
+def json_number(value: Fraction | int | None) -> int | float | None:
+    """An exact value as JSON: an int where it is whole, else the nearest float."""
+    if value is None:
+        return None
+    value = Fraction(value)
+    return value.numerator if value.denominator == 1 else float(value)
+
+
+def _shares_json(
+    shares: dict[str, Fraction | None], fields: tuple[str, ...]
+) -> dict[str, int | float | None]:
+    return {f: json_number(shares.get(f)) for f in fields}
+
+
+def model_shares(model: ModelSpec, instances: int) -> dict[str, Fraction | None]:
+    """The model's per-instance shares: capacity / N for every limit it sets."""
+    limits = model.limits.as_dict()
+    return {f: (Fraction(limits[f], instances) if f in limits else None) for f in SHARE_FIELDS}
+
+
+def job_slots(
+    spec: PolicySpec,
+    job: JobType,
+    model: ModelSpec,
+    instances: int,
+    memory_budget_kb: int | None,
+) -> tuple[int, str]:
+    """``slots[j][m]`` and the limit that binds it."""
+    ratio = job.exact_ratio
+    limits = model.limits.as_dict()
+    candidates: list[tuple[int, str]] = []
+    for limit, (field, _) in WINDOW_LIMITS.items():
+        if limit in limits:
+            estimate = getattr(job.estimate, field)
+            candidates.append((math.floor(Fraction(limits[limit], estimate * instances) * ratio), limit))
+    if "maxConcurrentRequests" in limits:
+        candidates.append(
+            (
+                math.floor(Fraction(limits["maxConcurrentRequests"], instances) * ratio),
+                "maxConcurrentRequests",
+            )
+        )
+    if memory_budget_kb is not None and job.estimate.memory_kb > 0:
+        candidates.append((math.floor(memory_budget_kb * ratio / job.estimate.memory_kb), MEMORY))
+    # Validation guarantees at least one limit; ties name the first limit in policy order.
+    return min(candidates, key=lambda c: c[0])
+
+
+def pool_slots(spec: PolicySpec, model: ModelSpec, instances: int) -> int:
+    """``pools[m].totalSlots``: job-type-blind, from the average estimate of the types that may use m."""
+    users = [j for j in spec.job_types if model.name in spec.models_of(j)]
+    limits = model.limits.as_dict()
+    bounds: list[int] = []
+    for limit, (field, _) in WINDOW_LIMITS.items():
+        if limit in limits:
+            if not users:
+                return 0
+            average = Fraction(sum(getattr(j.estimate, field) for j in users), len(users))
+            bounds.append(math.floor(Fraction(limits[limit]) / average / instances))
+    if "maxConcurrentRequests" in limits:
+        bounds.append(limits["maxConcurrentRequests"] // instances)
+    return min(bounds)
+
+
+def compute_allocation(
+    spec: PolicySpec,
+    instances: int,
+    memory_budget_kb: int | None = None,
+) -> Allocation:
+    """The allocation for one instance out of ``instances``.
+
+    ``memory_budget_kb`` defaults to the policy's ``instance.memoryBudgetMB``; a running instance
+    without one passes 80% of its container's memory limit instead.
+    """
+    if instances < 1:
+        raise ValueError(f"instances: {instances} is not valid: at least 1 instance is needed")
+    if memory_budget_kb is None and spec.instance.memory_budget_mb is not None:
+        memory_budget_kb = spec.instance.memory_budget_mb * 1024
+    slots: dict[str, dict[str, SlotShare]] = {}
+    for job in spec.job_types:
+        per_model: dict[str, SlotShare] = {}
+        for name in spec.models_of(job):
+            model = spec.model(name)
+            n, binding = job_slots(spec, job, model, instances, memory_budget_kb)
+            per_model[name] = SlotShare(n, binding, model_shares(model, instances))
+        slots[job.name] = per_model
+    pools = {m.name: Pool(pool_slots(spec, m, instances), model_shares(m, instances)) for m in spec.models}
+    return Allocation(instances, pools, slots, memory_budget_kb)
+
+
+def pool_params(spec: PolicySpec) -> dict[str, list[tuple[int, int]]]:
+    """Integer pairs (p, q) per model such that ``pools[m].totalSlots == min(p // (q * N))``.
+
+    This is what the Redis scripts need to recompute pools atomically for any N with integer
+    arithmetic only (exact in Lua's doubles up to 2**53). An empty list means no job type may
+    use the model: its pool is 0.
+    """
+    out: dict[str, list[tuple[int, int]]] = {}
+    for model in spec.models:
+        users = [j for j in spec.job_types if model.name in spec.models_of(j)]
+        limits = model.limits.as_dict()
+        pairs: list[tuple[int, int]] = []
+        if users or set(limits) == {"maxConcurrentRequests"}:
+            for limit, (field, _) in WINDOW_LIMITS.items():
+                if limit in limits:
+                    # capacity / (sum / k) = capacity * k / sum
+                    per_job = Fraction(
+                        limits[limit] * len(users), sum(getattr(j.estimate, field) for j in users)
+                    )
+                    pairs.append((per_job.numerator, per_job.denominator))
+            if "maxConcurrentRequests" in limits:
+                pairs.append((limits["maxConcurrentRequests"], 1))
+        out[model.name] = pairs
+    return out

@@ -1,0 +1,152 @@
+"""What the membership scripts exchange with Python: the allocation record and the policy projection.
+
+Pure: no I/O. :class:`limiter.redis.fleetstore.RedisStore` runs the scripts; this module builds their
+arguments and reads their replies.
+
+The allocation record is the JSON the scripts store under ``fl:{ns/name}:allocation`` and publish
+on the policy's channel, once per change::
+
+    {"instanceCount": 2, "epoch": 7, "generation": 3, "changedAtMs": 1732230000123,
+     "reason": "join", "pools": {"model-alpha": {"totalSlots": 10, "tokensPerMinute": 50000}}}
+
+``pools`` is computed in Lua from the pool parameters of :func:`limiter.core.allocation.pool_params`
+with exact integer arithmetic, so ``totalSlots`` equals ``compute_allocation(spec, N)`` exactly.
+The per-instance shares (capacity / N) are doubles, for display: instances recompute exact values
+from the policy and ``instanceCount``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from limiter.core.allocation import pool_params
+from limiter.core.policy import PolicySpec
+
+#: Lua's numbers are doubles: integers are exact only below 2**53.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """One model's pool in the allocation record."""
+
+    total_slots: int
+    """``pools[m].totalSlots`` for the record's instance count (exact)."""
+    shares: dict[str, float]
+    """Per-instance share (capacity / N) of every limit the model sets, by camelCase limit name.
+    A double: display only; recompute exact shares from the policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRecord:
+    """The fleet's allocation as the scripts last computed it."""
+
+    instance_count: int
+    """Live instances (N)."""
+    epoch: int
+    """Increments on every change of membership or policy; orders records (a stale one is older)."""
+    generation: int
+    """Generation of the policy the pools were computed from (0: no policy projected yet)."""
+    changed_at_ms: int
+    """Redis time of the change, ms since the epoch."""
+    reason: str
+    """What changed, e.g. ``join``, ``leave``, ``evict``, ``rejoin``, ``policy`` (joined with ``+``)."""
+    pools: dict[str, PoolRecord]
+    """Per model, in policy order; empty while no policy is projected or no instance is live."""
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> AllocationRecord:
+        """Parse a record as stored and published by the scripts."""
+        data = json.loads(raw)
+        return cls(
+            instance_count=int(data["instanceCount"]),
+            epoch=int(data["epoch"]),
+            generation=int(data["generation"]),
+            changed_at_ms=int(data["changedAtMs"]),
+            reason=str(data["reason"]),
+            pools={
+                model: PoolRecord(
+                    total_slots=int(pool["totalSlots"]),
+                    shares={k: float(v) for k, v in pool.items() if k != "totalSlots"},
+                )
+                for model, pool in data["pools"].items()
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-ready data, in the scripts' camelCase shape."""
+        return {
+            "instanceCount": self.instance_count,
+            "epoch": self.epoch,
+            "generation": self.generation,
+            "changedAtMs": self.changed_at_ms,
+            "reason": self.reason,
+            "pools": {m: {"totalSlots": p.total_slots, **p.shares} for m, p in self.pools.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipReply:
+    """What register, heartbeat and deregister return."""
+
+    allocation: AllocationRecord
+    """The allocation after the call (the stored one when nothing changed)."""
+    redis_time_ms: int
+    """Redis's clock during the call, ms since the epoch: the instance's clock offset is
+    ``redis_time_ms - local time at the midpoint of the call``."""
+    changed: bool
+    """register: the instance joined (was not a member). heartbeat: the instance had been evicted
+    and was re-registered by this heartbeat. deregister: the instance was a member and left."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProjection:
+    """The arguments of the projection script, derived from a validated spec."""
+
+    spec_json: str
+    """The spec as camelCase JSON (``model_dump(mode="json", by_alias=True, exclude_none=True)``)."""
+    pool_params_json: str
+    """JSON list of ``{"model", "pairs": [[p, q], ...], "limits": {...}}`` in policy order."""
+    instance_timeout_ms: int
+    """``spec.instance.instanceTimeoutSeconds`` in ms."""
+
+
+def project(spec_json: dict[str, Any]) -> PolicyProjection:
+    """Validate a spec (camelCase JSON) and build what the projection script stores.
+
+    Raises :class:`pydantic.ValidationError` for an invalid spec and :class:`ValueError` when a pool
+    parameter does not fit Lua's exact integer range.
+    """
+    spec = PolicySpec.model_validate(spec_json)
+    params = pool_params(spec)
+    models = []
+    for model in spec.models:
+        pairs = params[model.name]
+        for p, q in pairs:
+            if p > MAX_SAFE_INTEGER or q > MAX_SAFE_INTEGER:
+                raise ValueError(
+                    f"spec.models[{model.name}].limits: pool parameter {p}/{q} exceeds 2**53; "
+                    "lower the limits or raise the job types' estimates"
+                )
+        models.append(
+            {"model": model.name, "pairs": [[p, q] for p, q in pairs], "limits": model.limits.as_dict()}
+        )
+    return PolicyProjection(
+        spec_json=json.dumps(
+            spec.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
+        ),
+        pool_params_json=json.dumps(models, separators=(",", ":")),
+        instance_timeout_ms=timeout_ms(spec),
+    )
+
+
+def timeout_ms(spec: PolicySpec) -> int:
+    """The policy's instance timeout in ms, as the membership scripts take it."""
+    return max(1, round(spec.instance.instance_timeout_seconds * 1000))
+
+
+def encode_info(info: dict[str, Any]) -> str:
+    """An instance's registration info as compact JSON (refuses what JSON cannot hold)."""
+    return json.dumps(info, separators=(",", ":"), allow_nan=False)

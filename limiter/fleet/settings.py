@@ -1,0 +1,95 @@
+"""Settings of a limiter instance (``fleet-limiter serve``), read in one place.
+
+Every field can come from the command line or from an environment variable (for pods), named
+in the field's doc. Command-line values win over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from limiter.core.env import EnvReader
+
+ENV_PREFIX = "FLEET_LIMITER_"
+
+
+def default_instance_id() -> str:
+    """The pod name where Kubernetes gives one, else host name, process id and a random suffix."""
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        return pod
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class ServeSettings:
+    """How one limiter instance runs."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (``--redis``, ``FLEET_LIMITER_REDIS_URL``)."""
+    policy_file: str | None = None
+    """Policy file (``--policy``, ``FLEET_LIMITER_POLICY_FILE``). Without one, the policy projected
+    into Redis by the operator for ``namespace/name`` is used, and new generations apply live."""
+    namespace: str | None = None
+    """Policy namespace (``--namespace``, ``FLEET_LIMITER_POLICY_NAMESPACE``); default: the file's
+    ``metadata.namespace``, else ``default``."""
+    name: str | None = None
+    """Policy name (``--name``, ``FLEET_LIMITER_POLICY_NAME``); default: the file's
+    ``metadata.name``."""
+    host: str = "127.0.0.1"
+    """Address to listen on (``--host``, ``FLEET_LIMITER_HOST``; in a pod, ``POD_IP``)."""
+    port: int = 8080
+    """Port (``--port``, ``FLEET_LIMITER_PORT``)."""
+    instance_id: str = field(default_factory=default_instance_id)
+    """This instance's id in the fleet (``FLEET_LIMITER_INSTANCE_ID``; default ``POD_NAME``)."""
+    admin_token: str | None = None
+    """Token for admin endpoints (``--admin-token``, ``FLEET_LIMITER_ADMIN_TOKEN``)."""
+    shutdown_grace_seconds: float = 25.0
+    """On SIGTERM, how long in-flight leases may run on before they are handed back, in seconds
+    (``FLEET_LIMITER_SHUTDOWN_GRACE_SECONDS``). Keep it below the pod's
+    terminationGracePeriodSeconds."""
+    memory_budget_kb: int | None = None
+    """Local memory budget override in KiB (``FLEET_LIMITER_MEMORY_BUDGET_KB``); default: the
+    policy's ``memoryBudgetMB``, else 80% of the container's memory limit where job types declare
+    memory estimates."""
+    policy_wait_seconds: float = 0.0
+    """Without a policy file: how long to wait at start for the operator's projection, in seconds
+    (``FLEET_LIMITER_POLICY_WAIT_SECONDS``; 0 waits forever, unready meanwhile)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServeSettings:
+        """Settings from ``FLEET_LIMITER_*`` variables, then ``overrides`` (non-None values win)."""
+        read = EnvReader(os.environ if env is None else env, ENV_PREFIX)
+        s = cls()
+        for attr, var in {
+            "redis_url": "REDIS_URL",
+            "policy_file": "POLICY_FILE",
+            "namespace": "POLICY_NAMESPACE",
+            "name": "POLICY_NAME",
+            "host": "HOST",
+            "instance_id": "INSTANCE_ID",
+            "admin_token": "ADMIN_TOKEN",
+        }.items():
+            if (raw := read.text(var)) is not None:
+                setattr(s, attr, raw)
+        if read.text("HOST") is None and (pod_ip := read.env.get("POD_IP")):
+            s.host = pod_ip
+        for attr, var in (("port", "PORT"), ("memory_budget_kb", "MEMORY_BUDGET_KB")):
+            if (number := read.integer(var)) is not None:
+                setattr(s, attr, number)
+        for attr, var in (
+            ("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS"),
+            ("policy_wait_seconds", "POLICY_WAIT_SECONDS"),
+        ):
+            if (seconds := read.number(var)) is not None:
+                setattr(s, attr, seconds)
+        for attr, value in overrides.items():
+            if value is not None:
+                setattr(s, attr, value)
+        if not 0 < s.port < 65536:
+            raise ValueError(f"port: {s.port} is not valid: 1 to 65535")
+        return s
