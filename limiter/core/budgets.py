@@ -54,15 +54,16 @@ def usage_bounds(model: ModelSpec) -> dict[str, tuple[str, int]]:
     return bounds
 
 
-def usage_problems(model: ModelSpec, actual: Mapping[str, int]) -> list[str]:
-    """Why a reported usage cannot be settled on ``model`` (empty: it can); see :func:`usage_bounds`."""
+def usage_problems(model: ModelSpec, amounts: Mapping[str, int], field: str = "actual") -> list[str]:
+    """Why ``amounts`` (a reported usage, or an ``estimate``) exceed what one job can use on
+    ``model`` (empty: they do not); see :func:`usage_bounds`."""
     problems = []
     for dimension, (name, bound) in usage_bounds(model).items():
-        value = actual.get(dimension)
+        value = amounts.get(dimension)
         if value is not None and value > bound:
             problems.append(
-                f"actual.{dimension}: {value} is not valid: above what one job can use on model "
-                f"'{model.name}' ({name} is {bound}); report at most {bound}"
+                f"{field}.{dimension}: {value} is not valid: above what one job can use on model "
+                f"'{model.name}' ({name} is {bound}); at most {bound}"
             )
     return problems
 

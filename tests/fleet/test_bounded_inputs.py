@@ -33,6 +33,7 @@ def test_hostile_bodies_are_400s_naming_the_problem(fleet: Fleet) -> None:
         b'{"jobType": "a", "waitSeconds": 1e308}': "waitSeconds",
         b'{"jobType": "a", "waitSeconds": NaN}': "waitSeconds",
         b"[1, 2]": "expected a JSON object",
+        b'{"jobType": "a", "estimate": {"tokens": 100001}}': "estimate.tokens: 100001 is not valid",
     }
     for raw, named in cases.items():
         status, doc = raw_post(inst, "/api/jobs/acquire", raw)
@@ -54,7 +55,9 @@ def test_a_release_above_one_jobs_bound_is_refused_and_the_limit_holds(
     assert status == 200, lease
     status, doc, _ = inst.post(f"/api/jobs/{lease['leaseId']}/release", {"actual": {"tokens": tokens}})
     assert status == 400, doc
-    assert "actual.tokens" in doc["error"] and ("100000" in doc["error"] or "less than" in doc["error"]), doc
+    assert "actual.tokens" in doc["error"] and (
+        "at most 100000" in doc["error"] or "less than" in doc["error"]
+    ), doc
     # The lease is still held (no state lost): a valid report releases it and is charged in full.
     status, doc, _ = inst.post(f"/api/jobs/{lease['leaseId']}/release", {"actual": {"tokens": 100000}})
     assert status == 200 and doc["charged"] == {"tokensPerMinute": 99000, "tokensPerDay": 99000}, doc
