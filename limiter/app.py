@@ -27,7 +27,7 @@ from limiter.proxy.service import Proxy
 from limiter.redis.creditstore import CreditStore
 from limiter.web import credits, leases
 from limiter.web.metrics import CreditsCollector, InstanceCollector
-from limiter.web.toolkit import ADMIN_TOKEN, MAX_BODY_BYTES, errors_as_json, json_response
+from limiter.web.toolkit import ADMIN_TOKEN, BODY_TIMEOUT, MAX_BODY_BYTES, errors_as_json, json_response
 
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 
@@ -36,6 +36,7 @@ def build_app(instance: LimiterInstance) -> web.Application:
     """The aiohttp application serving ``instance``: leases, credit budgets, the LLM proxy, metrics."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
     app[ADMIN_TOKEN] = instance.settings.admin_token or ""
+    app[BODY_TIMEOUT] = instance.settings.body_timeout_seconds
     credit_store = CreditStore.for_store(instance.store)
     proxy = Proxy(instance, credit_store)
 

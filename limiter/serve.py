@@ -55,6 +55,7 @@ async def serve(settings: ServeSettings, spec: PolicySpec | None, namespace: str
         access_log=None,
         shutdown_timeout=1.0,
         handler_cancellation=True,
+        keepalive_timeout=settings.idle_timeout_seconds,
     )
     await runner.setup()
     try:
