@@ -230,14 +230,17 @@ class BudgetLedger:
         return True
 
     def take_surplus(
-        self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None
+        self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None, only: str | None = None
     ) -> list[tuple[str, str, int, int]]:
         """Grant held but not used, to hand back to the fleet: (model, limit, window, amount) rows.
 
-        ``keep`` (model -> limit -> amount) is headroom to hold on to for work already waiting.
+        ``keep`` (model -> limit -> amount) is headroom to hold on to for work already waiting;
+        ``only``: just that model's.
         """
         out: list[tuple[str, str, int, int]] = []
         for model, per in self.counters.items():
+            if only is not None and model != only:
+                continue
             for c in per.values():
                 c.roll(now, self.mode)
                 spare = c.headroom - (keep or {}).get(model, {}).get(c.limit_name, 0)

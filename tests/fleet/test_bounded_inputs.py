@@ -9,6 +9,7 @@ import redis
 
 from tests.support.fleet import Fleet, Instance
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for_fresh_minute
 
 POLICY = {
     "models": [{"name": "m", "limits": {"tokensPerMinute": 100000, "tokensPerDay": 1000000}}],
@@ -51,6 +52,7 @@ def test_a_release_above_one_jobs_bound_is_refused_and_the_limit_holds(
 ) -> None:
     fleet.write_policy(f"release-{case}", POLICY)
     (inst,) = fleet.start(1)
+    wait_for_fresh_minute(redis_server, need_seconds=20)  # the whole case in one UTC minute
     status, lease, _ = inst.post("/api/jobs/acquire", {"jobType": "a"})
     assert status == 200, lease
     status, doc, _ = inst.post(f"/api/jobs/{lease['leaseId']}/release", {"actual": {"tokens": tokens}})
