@@ -172,6 +172,14 @@ def document() -> dict[str, Any]:
             }
         },
         "/queue/memory": {"get": _operation("Memory as the container sees it, and recommended_parallel")},
+        "/v1/models": {"get": _operation("The proxied models, in OpenAI's list shape", errors=(404,))},
+        "/v1/models/{model}": {
+            "parameters": [_path_param("model", "A proxied model")],
+            "get": _operation("One proxied model, in OpenAI's shape", errors=(404,)),
+        },
+        "/api/tags": {"get": _operation("The proxied models with an Ollama upstream, in Ollama's shape")},
+        "/api/ps": {"get": _operation("The Ollama models with requests running or queued on this instance")},
+        "/api/version": {"get": _operation("The Ollama API version the proxy speaks")},
         "/admin/queue/update": {
             "post": _operation(
                 "Lower a model's parallel_limit or set its queue_limit on this instance",
