@@ -180,6 +180,7 @@ def document() -> dict[str, Any]:
         "/api/tags": {"get": _operation("The proxied models with an Ollama upstream, in Ollama's shape")},
         "/api/ps": {"get": _operation("The Ollama models with requests running or queued on this instance")},
         "/api/version": {"get": _operation("The Ollama API version the proxy speaks")},
+        "/": {"get": _operation("The Ollama heartbeat: 'Ollama is running' (text)")},
         "/admin/queue/update": {
             "post": _operation(
                 "Lower a model's parallel_limit or set its queue_limit on this instance",

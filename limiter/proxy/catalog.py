@@ -9,6 +9,8 @@ they generate.
   ``/api/chat`` and ``/api/generate`` reach through the proxy), in Ollama's shape.
 * ``GET /api/ps``: those of them with requests running or queued on this instance.
 * ``GET /api/version``: the Ollama API version the proxy speaks.
+* ``GET /`` (and ``HEAD /``): ``Ollama is running``, the heartbeat the Ollama CLI checks before
+  every command (it would try to start a server of its own otherwise).
 
 The proxy knows no file sizes or digests: ``size`` is 0 and ``digest`` empty; ``modified_at`` is when
 this instance started. ``POST /api/show`` and ``POST /api/embed`` are forwarded instead
@@ -108,7 +110,12 @@ def routes(proxy: Proxy) -> list[web.RouteDef]:
         del request
         return json_response({"version": OLLAMA_API_VERSION})
 
+    async def heartbeat(request: web.Request) -> web.Response:
+        del request
+        return web.Response(text="Ollama is running")
+
     return [
+        web.get("/", heartbeat),
         web.get("/v1/models", list_models),
         web.get("/v1/models/{model:.+}", get_model),
         web.get("/api/tags", tags),

@@ -5,6 +5,7 @@ clients (the openai SDK, the ollama Python client) through a real instance to th
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 
@@ -143,3 +144,22 @@ def test_ollama_embed_takes_a_lease_and_settles_usage(
     with pytest.raises(ollama.ResponseError) as info:
         client.embed(model="llama-cat:8b", input="x")
     assert info.value.status_code == 400 and "may not use model 'llama-cat:8b'" in info.value.error
+
+
+def test_the_ollama_cli_sequence_of_run(proxy: Instance, module_llm: FakeLLMServer) -> None:
+    """What `ollama run MODEL PROMPT` sends (the CLI could not be built here): the heartbeat
+    ``HEAD /``, ``POST /api/show`` for the model, then a streamed ``POST /api/chat``."""
+    status, body, _ = http("GET", proxy.url + "/")
+    assert status == 200 and body == "Ollama is running"
+    status, _, _ = http("HEAD", proxy.url + "/")
+    assert status == 200
+    status, shown, _ = http("POST", proxy.url + "/api/show", {"model": "llama-cat:8b"})
+    assert status == 200 and shown["details"]["format"] == "gguf"
+    chat = {"model": "llama-cat:8b", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
+    status, streamed, headers = http("POST", proxy.url + "/api/chat", chat)
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in streamed.splitlines()]
+    assert "".join(x["message"]["content"] for x in lines) == "tok0 tok1 tok2 "
+    assert lines[-1]["done"] is True
+    assert [r.path for r in module_llm.received("llama-cat:8b")[-2:]] == ["/api/show", "/api/chat"]
+    settled(proxy, "llama-cat:8b")
