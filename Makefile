@@ -81,6 +81,7 @@ test-operator: cluster-build $(STAMP)
 ## docs: regenerate docs/examples.md (the plan of every example policy)
 docs: $(STAMP)
 	$(PY) tools/gen_docs.py
+	$(PY) tools/gen_openapi.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -13,6 +13,7 @@ import logging
 import signal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from limiter.app import build_app
 from limiter.core.policy import PolicySpec
@@ -23,12 +24,27 @@ from limiter.redis.fleetstore import RedisStore
 log = logging.getLogger("fleet_limiter.serve")
 
 
+class ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a malformed request (a NUL in a header, a bad request line) with a traceback at
+    ERROR, although it answers the client 400 itself: that is the client's error, not the server's,
+    so it becomes one WARNING line without a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed request answered with %s: %s", (exc.code, exc.message)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class ServeError(Exception):
     """The server cannot start (a port in use, a bad address); the message says which."""
 
 
 async def serve(settings: ServeSettings, spec: PolicySpec | None, namespace: str, name: str) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
     store = RedisStore.from_url(settings.redis_url, namespace, name)
     instance = LimiterInstance(settings, store, spec)
     # handler_cancellation: a client that disconnects cancels its handler, so a request queued for
@@ -39,6 +55,7 @@ async def serve(settings: ServeSettings, spec: PolicySpec | None, namespace: str
         access_log=None,
         shutdown_timeout=1.0,
         handler_cancellation=True,
+        keepalive_timeout=settings.idle_timeout_seconds,
     )
     await runner.setup()
     try:

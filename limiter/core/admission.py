@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import Literal, Protocol
 
 from limiter.core.allocation import Allocation
-from limiter.core.budgets import Reservation, Shortfall
+from limiter.core.budgets import Reservation, Shortfall, usage_problems
 from limiter.core.clock import Clock
 from limiter.core.policy import JobType, PolicySpec
 
@@ -200,6 +200,12 @@ class JobTypeManager:
             if k not in est:
                 raise AdmissionError(f"estimate.{k}: unknown field; valid fields: tokens, requests, memoryKB")
             est[k] = v
+        fits = tuple(m for m in chosen if not usage_problems(self.spec.model(m), est))
+        if not fits:
+            # An estimate above a model's smallest window limit could never be granted: say so now
+            # (400) rather than let the job wait for a window that never comes.
+            raise AdmissionError(usage_problems(self.spec.model(chosen[0]), est, "estimate")[0])
+        chosen = fits
         waiting_of_type = sum(1 for t in self._waiting.values() if t.job_type == job_type)
         now = self.clock.now()
         max_wait = jt.queue.max_wait_seconds

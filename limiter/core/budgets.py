@@ -54,15 +54,16 @@ def usage_bounds(model: ModelSpec) -> dict[str, tuple[str, int]]:
     return bounds
 
 
-def usage_problems(model: ModelSpec, actual: Mapping[str, int]) -> list[str]:
-    """Why a reported usage cannot be settled on ``model`` (empty: it can); see :func:`usage_bounds`."""
+def usage_problems(model: ModelSpec, amounts: Mapping[str, int], field: str = "actual") -> list[str]:
+    """Why ``amounts`` (a reported usage, or an ``estimate``) exceed what one job can use on
+    ``model`` (empty: they do not); see :func:`usage_bounds`."""
     problems = []
     for dimension, (name, bound) in usage_bounds(model).items():
-        value = actual.get(dimension)
+        value = amounts.get(dimension)
         if value is not None and value > bound:
             problems.append(
-                f"actual.{dimension}: {value} is not valid: above what one job can use on model "
-                f"'{model.name}' ({name} is {bound}); report at most {bound}"
+                f"{field}.{dimension}: {value} is not valid: above what one job can use on model "
+                f"'{model.name}' ({name} is {bound}); at most {bound}"
             )
     return problems
 
@@ -229,14 +230,17 @@ class BudgetLedger:
         return True
 
     def take_surplus(
-        self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None
+        self, now: float, keep: Mapping[str, Mapping[str, int]] | None = None, only: str | None = None
     ) -> list[tuple[str, str, int, int]]:
         """Grant held but not used, to hand back to the fleet: (model, limit, window, amount) rows.
 
-        ``keep`` (model -> limit -> amount) is headroom to hold on to for work already waiting.
+        ``keep`` (model -> limit -> amount) is headroom to hold on to for work already waiting;
+        ``only``: just that model's.
         """
         out: list[tuple[str, str, int, int]] = []
         for model, per in self.counters.items():
+            if only is not None and model != only:
+                continue
             for c in per.values():
                 c.roll(now, self.mode)
                 spare = c.headroom - (keep or {}).get(model, {}).get(c.limit_name, 0)

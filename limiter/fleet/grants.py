@@ -27,6 +27,8 @@ from limiter.redis.plumbing import StoreUnavailable
 
 T = TypeVar("T")
 
+#: After a pull, how long to let the others hand their grants back before drawing again, in seconds.
+PULL_ANSWER_SECONDS = 0.02
 #: A draw asks for this share of the instance's fair share of a window beyond what it needs now,
 #: so the next jobs fit locally without a round trip. Unused grant goes back every heartbeat.
 PREFETCH_SHARE = 4
@@ -54,6 +56,7 @@ class GrantKeeper:
         self._draws: dict[str, asyncio.Task[None]] = {}
         self._recent: Counter[tuple[str, str]] = Counter()
         self._pending_charges: list[tuple[str, str, int]] = []
+        self._next_pull: dict[str, float] = {}
 
     def update_policy(self, spec: PolicySpec) -> None:
         """A new policy generation: limits change at once, what is held in the windows is kept."""
@@ -116,9 +119,17 @@ class GrantKeeper:
                     await asyncio.sleep(0.01)
                 self.manager.dispatch()
                 continue
-            # The fleet's window is spent: others may hand budget back on their heartbeat, and the
-            # window ends at retry_after at the latest.
-            await asyncio.sleep(min(grant.retry_after_ms / 1000, heartbeat) + 0.01)
+            # The fleet's window is spent in Redis, but other instances may hold unspent grants of
+            # it: pull them back now (at once the first time, then at most once per heartbeat, when
+            # they would hand them back anyway) and draw again; the window ends at retry_after.
+            now = asyncio.get_running_loop().time()
+            if now >= self._next_pull.get(model, 0.0):
+                self._next_pull[model] = now + heartbeat
+                with contextlib.suppress(StoreUnavailable):
+                    await self.call(self.store.pull(model))
+                await asyncio.sleep(PULL_ANSWER_SECONDS)
+            else:
+                await asyncio.sleep(min(grant.retry_after_ms / 1000, heartbeat) + 0.01)
             self.manager.dispatch()
 
     # -- spending -------------------------------------------------------------------------------------
@@ -153,6 +164,20 @@ class GrantKeeper:
             by_model.setdefault(model, []).append((dim, window, amount))
         for model, refunds in by_model.items():
             await self.call(self.store.give_back(model, refunds))
+
+    async def give_back_model(self, model: str) -> None:
+        """Another instance pulled ``model``: hand back every unspent grant of it at once, keeping
+        only what this instance's own waiting work needs."""
+        if self.stopped or model not in self.ledger.counters:
+            return
+        keep = {model: self._needs(model)} if self.manager is not None else {}
+        refunds = [
+            (dim, window, amount)
+            for m, dim, window, amount in self.ledger.take_surplus(self.clock.now(), keep, only=model)
+        ]
+        if refunds:
+            with contextlib.suppress(StoreUnavailable):
+                await self.call(self.store.give_back(model, refunds))
 
     async def charge_pending(self) -> None:
         """Charge overage (and reconciliation) not yet written to Redis; kept on failure."""

@@ -40,7 +40,7 @@ from limiter.core.stats import REDIS_BUCKETS, AcquireStats, Histogram
 from limiter.fleet.grants import GrantKeeper
 from limiter.fleet.memory import default_budget_kb
 from limiter.fleet.settings import ServeSettings
-from limiter.redis.fleetstore import RedisStore
+from limiter.redis.fleetstore import Pull, RedisStore
 from limiter.redis.plumbing import StoreUnavailable
 
 log = logging.getLogger("fleet_limiter.instance")
@@ -389,8 +389,12 @@ class LimiterInstance:
         while not self._stopped:
             try:
                 async with self.store.subscribe() as sub:
-                    async for record in sub:
-                        self._apply_record(record)
+                    async for item in sub:
+                        if isinstance(item, Pull):
+                            if self.grants is not None and self.registered:
+                                self._spawn(self.grants.give_back_model(item.model))
+                        else:
+                            self._apply_record(item)
             except StoreUnavailable as exc:
                 self._redis_down(exc)
                 await asyncio.sleep(0.5)

@@ -56,6 +56,13 @@ class ServeSettings:
     """Local memory budget override in KiB (``FLEET_LIMITER_MEMORY_BUDGET_KB``); default: the
     policy's ``memoryBudgetMB``, else 80% of the container's memory limit where job types declare
     memory estimates."""
+    idle_timeout_seconds: float = 30.0
+    """A client connection with no request in progress is closed after this long, in seconds
+    (``FLEET_LIMITER_IDLE_TIMEOUT_SECONDS``): idle keep-alive connections, and connections that
+    never finish sending a request's headers."""
+    body_timeout_seconds: float = 30.0
+    """A request's body must arrive within this long, in seconds, or the answer is 408
+    (``FLEET_LIMITER_BODY_TIMEOUT_SECONDS``)."""
     policy_wait_seconds: float = 0.0
     """Without a policy file: how long to wait at start for the operator's projection, in seconds
     (``FLEET_LIMITER_POLICY_WAIT_SECONDS``; 0 waits forever, unready meanwhile)."""
@@ -84,6 +91,8 @@ class ServeSettings:
         for attr, var in (
             ("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS"),
             ("policy_wait_seconds", "POLICY_WAIT_SECONDS"),
+            ("idle_timeout_seconds", "IDLE_TIMEOUT_SECONDS"),
+            ("body_timeout_seconds", "BODY_TIMEOUT_SECONDS"),
         ):
             if (seconds := read.number(var)) is not None:
                 setattr(s, attr, seconds)

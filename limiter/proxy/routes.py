@@ -1,5 +1,6 @@
 """The proxy's HTTP routes: the OpenAI and Ollama endpoints (:data:`limiter.proxy.wire.ROUTES`) and
-the queue endpoints (:mod:`limiter.proxy.queue_api`), bound to one :class:`Proxy`."""
+the queue endpoints (:mod:`limiter.proxy.queue_api`) and what the proxy answers from the policy
+(:mod:`limiter.proxy.catalog`), bound to one :class:`Proxy`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from limiter.proxy import queue_api
+from limiter.proxy import catalog, queue_api
 from limiter.proxy.service import NotFound, Proxy
 from limiter.proxy.upstream import error_response
 from limiter.proxy.wire import ROUTES, Route
@@ -35,5 +36,6 @@ def install(app: web.Application, proxy: Proxy) -> None:
     for route in ROUTES:
         app.router.add_post(route.path, _route_handler(route))
     app.router.add_routes(queue_api.routes(proxy))
+    app.router.add_routes(catalog.routes(proxy))
     app.on_startup.append(proxy.start)
     app.on_cleanup.append(proxy.close)

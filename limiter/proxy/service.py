@@ -37,7 +37,7 @@ from limiter.proxy.queues import ModelQueue
 from limiter.proxy.upstream import UpstreamKeyMissing, api_key, error_response, forward
 from limiter.proxy.wire import Route, body_problem, estimate_tokens, wants_stream, with_stream_usage
 from limiter.redis.creditstore import CreditStore
-from limiter.web.toolkit import BadRequest, parse_json_object
+from limiter.web.toolkit import BadRequest, SlowBody, parse_json_object, read_raw
 
 log = logging.getLogger("fleet_limiter.proxy")
 
@@ -225,7 +225,10 @@ class Proxy:
 
     async def handle(self, request: web.Request, route: Route) -> web.StreamResponse:
         """One proxied request, from body to settled lease."""
-        raw = await _read_limited(request)
+        try:
+            raw = await read_raw(request, MAX_PROXY_BODY_BYTES)
+        except SlowBody as exc:
+            return error_response(route.api, 408, str(exc), {"Connection": "close"})
         if raw is None:
             return error_response(route.api, 413, f"body: larger than {MAX_PROXY_BODY_BYTES} bytes")
         body = parse_json_object(raw, required="a JSON object with a 'model' is required")
@@ -353,18 +356,3 @@ class Proxy:
 
 class NotFound(BadRequest):
     """A 404 naming the field (an unknown model or job type)."""
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-
-
-async def _read_limited(request: web.Request) -> bytes | None:
-    """The body, or None when it is larger than :data:`MAX_PROXY_BODY_BYTES`."""
-    if request.content_length is not None and request.content_length > MAX_PROXY_BODY_BYTES:
-        return None
-    data = bytearray()
-    while chunk := await request.content.read(1 << 16):
-        data += chunk
-        if len(data) > MAX_PROXY_BODY_BYTES:
-            return None
-    return bytes(data)

@@ -30,7 +30,7 @@ class Route:
     path: str
     api: Api
     """The wire format the client speaks on this path."""
-    kind: Literal["chat", "completion", "embedding", "generate"]
+    kind: Literal["chat", "completion", "embedding", "generate", "show"]
     stream_default: bool
     """Whether a body without ``stream`` streams (Ollama streams by default, OpenAI does not)."""
     can_stream: bool = True
@@ -42,6 +42,10 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/embeddings", "openai", "embedding", stream_default=False, can_stream=False),
     Route("/api/generate", "ollama", "generate", stream_default=True),
     Route("/api/chat", "ollama", "chat", stream_default=True),
+    # Ollama's embeddings: input in, ``prompt_eval_count`` out, reserved like /v1/embeddings.
+    Route("/api/embed", "ollama", "embedding", stream_default=False, can_stream=False),
+    # A model's metadata from its upstream: no prompt, nothing generated (an estimate of 1 token).
+    Route("/api/show", "ollama", "show", stream_default=False, can_stream=False),
 )
 
 
@@ -128,7 +132,7 @@ def _positive_int(value: Any) -> int | None:
 def max_output_tokens(route: Route, body: dict[str, Any]) -> int | None:
     """The most tokens the request lets the model generate, if it says (``max_completion_tokens``,
     ``max_tokens`` times ``n`` choices; Ollama's ``options.num_predict``)."""
-    if route.kind == "embedding":
+    if route.kind in ("embedding", "show"):
         return 0
     if route.api == "ollama":
         options = body.get("options")

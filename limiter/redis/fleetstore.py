@@ -282,9 +282,14 @@ class RedisStore:
     # -- allocation updates ------------------------------------------------------------------------
 
     def subscribe(self) -> AllocationSubscription:
-        """Allocation records as they are published; use ``async with store.subscribe() as sub:
-        async for record in sub: ...``. See :class:`AllocationSubscription`."""
+        """Allocation records (and pulls) as they are published; use ``async with store.subscribe()
+        as sub: async for record in sub: ...``. See :class:`AllocationSubscription`."""
         return AllocationSubscription(self)
+
+    async def pull(self, model: str) -> int:
+        """Ask every instance to hand back its unspent grants of ``model`` now (instead of at its
+        next heartbeat); returns how many subscribers received it."""
+        return int(await self._call("pull", lambda: self._client.publish(self.keys.pull_channel, model)))
 
     # -- window budgets ----------------------------------------------------------------------------
 
@@ -354,8 +359,16 @@ def _usages(dimensions: list[str], reply: Sequence[int]) -> list[WindowUsage]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """Another instance's window grant on ``model`` is spent: hand back what this one does not use."""
+
+    model: str
+
+
 class AllocationSubscription:
-    """Allocation records published on the policy's channel, robust to reconnects.
+    """Allocation records published on the policy's channel, robust to reconnects; and the
+    :class:`Pull` requests of its pull channel.
 
     ``async with`` waits until the subscription is confirmed by Redis, so nothing published after
     it is missed. When the connection drops, it reconnects with backoff and then yields the stored
@@ -380,12 +393,13 @@ class AllocationSubscription:
     async def _connect(self) -> None:
         pubsub = self._store.client.pubsub()
         try:
-            await pubsub.subscribe(self._store.keys.channel)
+            await pubsub.subscribe(self._store.keys.channel, self._store.keys.pull_channel)
+            confirmed = 0
             async with asyncio.timeout(5):
-                while True:
+                while confirmed < 2:
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is not None and msg["type"] == "subscribe":
-                        break
+                        confirmed += 1
         except BaseException:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             raise
@@ -417,7 +431,7 @@ class AllocationSubscription:
     def __aiter__(self) -> AllocationSubscription:
         return self
 
-    async def __anext__(self) -> AllocationRecord:
+    async def __anext__(self) -> AllocationRecord | Pull:
         backoff = 0.05
         while not self._closed:
             try:
@@ -430,6 +444,8 @@ class AllocationSubscription:
                     continue
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll)
                 if msg is not None and msg["type"] == "message":
+                    if _text(msg["channel"]) == self._store.keys.pull_channel:
+                        return Pull(_text(msg["data"]))
                     return AllocationRecord.from_json(msg["data"])
             except _RESUBSCRIBE:
                 await self._drop()

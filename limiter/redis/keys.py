@@ -10,6 +10,7 @@ slot and every script can touch all of them atomically::
     fl:{team-a/chat}:budget-keys                  set    every budget key ever written (for delete_policy)
     fl:{team-a/chat}:budget:<limit>:<model>       hash   {window, used}: one fleet window budget
     fl:{team-a/chat}:changes                      pub/sub channel of allocation records
+    fl:{team-a/chat}:pulls                        pub/sub channel of pulls (a model's name)
     fl:{team-a/chat}:credit-keys                  set    key ids of every credit budget (for delete_all)
     fl:{team-a/chat}:credits:<key id>             hash   one API key's credit budget (creditstore.py)
     fl:{team-a/chat}:credits:<key id>:deadlines   zset   reservation id -> deadline, ms of Redis TIME
@@ -155,6 +156,12 @@ class PolicyKeys:
     def channel(self) -> str:
         """Pub/sub channel on which every allocation change is published once."""
         return self._key("changes")
+
+    @property
+    def pull_channel(self) -> str:
+        """Pub/sub channel of pulls: an instance whose window grant is spent asks the others to hand
+        their unspent grants back (the message is the model's name)."""
+        return self._key("pulls")
 
     @property
     def membership_keys(self) -> list[str]:

@@ -8,6 +8,7 @@ or an :class:`~limiter.core.admission.AdmissionError`, and :func:`errors_as_json
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -28,6 +29,8 @@ T = TypeVar("T", bound=BaseModel)
 MAX_BODY_BYTES = 1 << 20
 #: Deepest JSON a body of these routes may nest (theirs nest two or three levels).
 MAX_JSON_DEPTH = 16
+#: How long a request body may take to arrive, in seconds (``FLEET_LIMITER_BODY_TIMEOUT_SECONDS``).
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout", float)
 #: The admin token of the app (``--admin-token``); empty: admin endpoints are refused to everyone.
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)
 
@@ -38,6 +41,30 @@ class BadRequest(Exception):
 
 class Unauthorized(Exception):
     """A 401: the admin token is missing or wrong."""
+
+
+class SlowBody(Exception):
+    """A 408: the body did not arrive within the body timeout."""
+
+
+async def read_raw(request: web.Request, limit: int | None = None) -> bytes | None:
+    """The body within the app's body timeout (:class:`SlowBody` after it); None when it is larger
+    than ``limit`` bytes."""
+    seconds = request.app.get(BODY_TIMEOUT, 30.0)
+    try:
+        async with asyncio.timeout(seconds):
+            if limit is None:
+                return await request.read()
+            if request.content_length is not None and request.content_length > limit:
+                return None
+            data = bytearray()
+            while chunk := await request.content.read(1 << 16):
+                data += chunk
+                if len(data) > limit:
+                    return None
+            return bytes(data)
+    except TimeoutError:
+        raise SlowBody(f"body: not received within {seconds:g} s") from None
 
 
 def dumps(doc: Any) -> str:
@@ -72,7 +99,8 @@ def parse_json_object(raw: bytes, *, required: str = "a JSON object is required"
 
 async def read_body(request: web.Request, model: type[T], *, optional: bool = False) -> T:
     """Parse and validate a JSON body into ``model``; raise 400 naming the field."""
-    raw = await request.read()
+    raw = await read_raw(request)
+    assert raw is not None  # no limit: aiohttp's client_max_size answers 413 itself
     if optional and not raw.strip():
         return model()
     data = parse_json_object(raw)
@@ -132,6 +160,8 @@ async def errors_as_json(
         return json_error(400, str(exc))
     except Unauthorized as exc:
         return json_error(401, str(exc), {"WWW-Authenticate": "Bearer"})
+    except SlowBody as exc:
+        return json_error(408, str(exc), {"Connection": "close"})
     except AdmissionError as exc:
         return json_error(
             exc.status, exc.message, retry_after(exc.retry_after) if exc.status == 503 else None

@@ -6,7 +6,8 @@ server running in a thread of its own:
 * OpenAI-compatible ``POST /v1/chat/completions``, ``/v1/completions`` (JSON, or SSE when
   ``stream``, with a usage event when ``stream_options.include_usage``) and ``/v1/embeddings``;
 * Ollama ``POST /api/generate`` and ``/api/chat`` (NDJSON streams by default, JSON with
-  ``"stream": false``), reporting ``prompt_eval_count`` and ``eval_count``.
+  ``"stream": false``), reporting ``prompt_eval_count`` and ``eval_count``; ``/api/embed``
+  (reporting ``prompt_eval_count``) and ``/api/show`` (canned metadata).
 
 Each model's :class:`Behaviour` sets latency, stream pacing, the usage it reports, errors (a 5xx,
 a 429 with ``Retry-After``) and dropped connections. The server records every request and the
@@ -115,6 +116,8 @@ class FakeLLMServer:
             "/v1/embeddings",
             "/api/generate",
             "/api/chat",
+            "/api/embed",
+            "/api/show",
         ):
             app.router.add_post(path, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True)
@@ -176,7 +179,11 @@ class FakeLLMServer:
             }
             return web.json_response(error, status=how.status, headers=headers)
         ollama = request.path.startswith("/api/")
-        stream = body.get("stream", ollama) is True and request.path != "/v1/embeddings"
+        stream = body.get("stream", ollama) is True and request.path not in (
+            "/v1/embeddings",
+            "/api/embed",
+            "/api/show",
+        )
         if not stream:
             return web.json_response(self._whole(request.path, model, how, body))
         response = web.StreamResponse(
@@ -223,6 +230,23 @@ class FakeLLMServer:
             if how.report_usage:
                 doc["usage"] = {"prompt_tokens": how.prompt_tokens, "total_tokens": how.prompt_tokens}
             return doc
+        if path == "/api/embed":
+            inputs = body.get("input")
+            count = len(inputs) if isinstance(inputs, list) else 1
+            doc = {"model": model, "embeddings": [[0.1, 0.2, 0.3] for _ in range(count)]}
+            if how.report_usage:
+                doc["prompt_eval_count"] = how.prompt_tokens
+            return doc
+        if path == "/api/show":
+            return {
+                "modelfile": f"FROM {model}",
+                "parameters": "temperature 0.7",
+                "template": "{{ .Prompt }}",
+                "details": {"format": "gguf", "family": "fake", "parameter_size": "1B"},
+                "model_info": {"general.architecture": "fake"},
+                "capabilities": ["completion", "embedding"],
+                "modified_at": "2024-01-01T00:00:00Z",
+            }
         if path.startswith("/api/"):
             doc = {"model": model, "created_at": "2024-01-01T00:00:00Z", "done": True, "done_reason": "stop"}
             if path == "/api/chat":

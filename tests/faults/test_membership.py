@@ -4,8 +4,9 @@ instances on a private redis-server, drives 90 clients at a limit of 30 concurre
 the fault mid-run and counts, on the clients' side, the leases held at once across the fleet (the
 true fleet concurrency). The figures go to tests/results/faults/<case>.json.
 
-Covered here: FLUSHALL, a Redis restart without persistence, a 20 s outage. Not yet covered (and
-not yet held, see docs/fleet.md): an instance frozen or killed while its clients' leases run on.
+Covered here: FLUSHALL, a Redis restart without persistence, a 20 s outage (test_failover.py: a
+replica promoted after its primary is killed). Not yet covered (and not yet held, see
+docs/fleet.md): an instance frozen or killed while its clients' leases run on.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import redis
 
 from tests.support.fleet import Fleet, Instance
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_for_fresh_minute
 
 POLICY = {
     "models": [{"name": "m", "limits": {"tokensPerMinute": 100000, "tokensPerDay": 1000000}}],
@@ -33,6 +34,7 @@ def test_hostile_bodies_are_400s_naming_the_problem(fleet: Fleet) -> None:
         b'{"jobType": "a", "waitSeconds": 1e308}': "waitSeconds",
         b'{"jobType": "a", "waitSeconds": NaN}': "waitSeconds",
         b"[1, 2]": "expected a JSON object",
+        b'{"jobType": "a", "estimate": {"tokens": 100001}}': "estimate.tokens: 100001 is not valid",
     }
     for raw, named in cases.items():
         status, doc = raw_post(inst, "/api/jobs/acquire", raw)
@@ -50,11 +52,14 @@ def test_a_release_above_one_jobs_bound_is_refused_and_the_limit_holds(
 ) -> None:
     fleet.write_policy(f"release-{case}", POLICY)
     (inst,) = fleet.start(1)
+    wait_for_fresh_minute(redis_server, need_seconds=20)  # the whole case in one UTC minute
     status, lease, _ = inst.post("/api/jobs/acquire", {"jobType": "a"})
     assert status == 200, lease
     status, doc, _ = inst.post(f"/api/jobs/{lease['leaseId']}/release", {"actual": {"tokens": tokens}})
     assert status == 400, doc
-    assert "actual.tokens" in doc["error"] and ("100000" in doc["error"] or "less than" in doc["error"]), doc
+    assert "actual.tokens" in doc["error"] and (
+        "at most 100000" in doc["error"] or "less than" in doc["error"]
+    ), doc
     # The lease is still held (no state lost): a valid report releases it and is charged in full.
     status, doc, _ = inst.post(f"/api/jobs/{lease['leaseId']}/release", {"actual": {"tokens": 100000}})
     assert status == 200 and doc["charged"] == {"tokensPerMinute": 99000, "tokensPerDay": 99000}, doc

@@ -48,16 +48,20 @@ async def test_client_job_releases_with_reported_usage_and_on_errors(fleet: Flee
 
 @pytest.mark.timeout(60)
 def test_top_renders_a_frame_of_a_running_fleet(fleet: Fleet) -> None:
-    fleet.write_policy("top", SPEC)
+    # A proxied model (its upstream is never called here) gives top a proxy queue to show.
+    proxied = {**SPEC["models"][0], "upstream": {"url": "http://127.0.0.1:9"}}  # type: ignore[dict-item]
+    fleet.write_policy("top", {**SPEC, "models": [proxied]})
     a, b = fleet.start(2)
     wait_until(lambda: a.allocation()["allocation"]["instanceCount"] == 2, timeout=1)
     out = subprocess.run(
         [str(EXE), "top", "--url", a.url, "--url", b.url, "--once"],
-        capture_output=True, text=True, timeout=30, env={"COLUMNS": "140", "PATH": ""},
+        capture_output=True, text=True, timeout=30, env={"COLUMNS": "80", "PATH": ""},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert a.id in out.stdout and b.id in out.stdout
+    assert a.url.removeprefix("http://") in out.stdout and b.url.removeprefix("http://") in out.stdout
     assert "summary" in out.stdout and "0/1 1.00" in out.stdout  # in flight/slots and current ratio
+    assert "concurrent" in out.stdout and "proxy queues" in out.stdout and "0/1 0/512" in out.stdout
     # Discovery through Redis finds both instances too.
     out = subprocess.run(
         [str(EXE), "top", "--redis", fleet.redis_url, "--policy", "tests/top", "--once"],

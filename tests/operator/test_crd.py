@@ -81,6 +81,7 @@ def test_optional_fields_are_nullable_not_unions() -> None:
         "type": "integer",
         "nullable": True,
         "minimum": 1,
+        "maximum": 2**52,
     }
 
 
