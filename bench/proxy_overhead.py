@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import ROOT, Progress, percentiles, start_instance, wait_ready, write_results
+from bench.common import ROOT, Progress, percentiles, safe_env, start_instance, wait_ready, write_results
 from tests.support.redis_server import RedisServer
 
 LEVELS = (1, 10, 50)
@@ -63,7 +63,8 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
         [sys.executable, "-P", str(ROOT / "tests" / "fakes" / "llm_server.py")],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=ROOT,
+        cwd=tempfile.gettempdir(),
+        env=safe_env(),
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()

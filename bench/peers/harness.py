@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import percentiles
+from bench.common import percentiles, safe_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -85,7 +86,8 @@ class FakeLLM:
             [sys.executable, "-P", str(Path(__file__).with_name("fake_llm.py"))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=ROOT,
+            cwd=tempfile.gettempdir(),
+            env=safe_env(),
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
