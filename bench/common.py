@@ -64,6 +64,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "redis": redis,
         "platform": platform.platform(),
+        # A shared machine's other work shows here (1, 5, 15 minute load averages when written).
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

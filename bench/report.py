@@ -57,9 +57,11 @@ def machine(doc: Doc) -> str:
     """Where and when ``doc`` was measured, from what the results file records."""
     m = doc["machine"]
     redis = m["redis"].split(" v=")[-1].split()[0] if "v=" in m["redis"] else m["redis"]
+    load = m.get("load_average")
+    busy = f", load average {' / '.join(map(str, load))} when written" if load else ""
     return (
         f"{m['cpus']} cores ({m['cpu']}), Python {m['python']}, Redis {redis}, {m['platform']}; "
-        f"measured {doc['measured_at']}"
+        f"measured {doc['measured_at']}{busy}"
     )
 
 
