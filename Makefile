@@ -78,7 +78,8 @@ test-operator: cluster-build $(STAMP)
 	@bash tools/ensure-deps.sh
 	$(PY) -m pytest tests/operator $(PYTEST_ARGS)
 
-## docs: regenerate docs/examples.md (the plan of every example policy)
+## docs: regenerate docs/examples.md (the plan of every example policy) and the benchmark figures in
+## README.md and bench/README.md from the latest bench/results/*.json (bench/report.py)
 docs: $(STAMP)
 	$(PY) tools/gen_docs.py
 	$(PY) tools/gen_openapi.py

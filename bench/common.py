@@ -64,6 +64,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "redis": redis,
         "platform": platform.platform(),
+        # A shared machine's other work shows here (1, 5, 15 minute load averages when written).
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -85,6 +87,13 @@ def write_results(name: str, doc: dict[str, Any], folder: Path | None = None) ->
 EXE = Path(sys.executable).with_name("fleet-limiter")
 
 
+def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a helper process: this one's, plus ``extra``, with ``PYTHONSAFEPATH=1``
+    so no Python in it (nor a Python it starts, such as pip's build steps) puts its working directory
+    on ``sys.path``: the repo's ``operator/`` folder would shadow the standard library's ``operator``."""
+    return {**os.environ, **(extra or {}), "PYTHONSAFEPATH": "1"}
+
+
 def start_instance(
     policy: Path, redis_url: str, name: str, *, env: dict[str, str] | None = None, log: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -93,11 +102,11 @@ def start_instance(
 
     port = free_port()
     argv = [str(EXE), "serve", "--policy", str(policy), "--redis", redis_url, "--host", "127.0.0.1"]
-    environ = {**os.environ, **(env or {}), "FLEET_LIMITER_INSTANCE_ID": name}
+    environ = safe_env({**(env or {}), "FLEET_LIMITER_INSTANCE_ID": name})
     out = log.open("wb") if log is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            [*argv, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=environ
+            [*argv, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=policy.parent
         )
     finally:
         if log is not None:

@@ -124,7 +124,6 @@ async def over_http(
         key = await new_key(session, urls[0])
         latencies: list[float] = []
         targets = itertools.cycle(urls)
-        deadline = time.monotonic() + seconds
         per_client = max(1, count // concurrency)
 
         async def warm_up() -> None:  # open the connections first: a run measures consumes only
@@ -133,6 +132,8 @@ async def over_http(
                     await resp.read()
 
         await asyncio.gather(*(warm_up() for _ in range(concurrency)))
+        # From here, not before the warm-up: on a busy machine 100 warm-ups can take the whole run.
+        deadline = time.monotonic() + seconds
 
         async def client() -> None:
             for _ in range(per_client):

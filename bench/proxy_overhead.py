@@ -6,8 +6,9 @@ and throughput at 1, 10 and 50 concurrent clients, measured in one run so the ra
 
 The stand-in server (tests/fakes/llm_server.py, answering at once), the instance and this load
 generator (aiohttp, closed loop: each client sends its next request when the last one ends) are
-three processes on 127.0.0.1, with a private redis-server. Each level runs direct, then proxied,
-for the same time. Writes bench/results/proxy_overhead.json and .png.
+three processes on 127.0.0.1, with a private redis-server. At each level every client sends the
+request direct and proxied, one after the other, and the added latency is measured per pair.
+Writes bench/results/proxy_overhead.json and .png.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bench.common import ROOT, Progress, percentiles, start_instance, wait_ready, write_results
+from bench.common import ROOT, Progress, percentiles, safe_env, start_instance, wait_ready, write_results
 from tests.support.redis_server import RedisServer
 
 LEVELS = (1, 10, 50)
@@ -63,7 +64,8 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
         [sys.executable, "-P", str(ROOT / "tests" / "fakes" / "llm_server.py")],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=ROOT,
+        cwd=tempfile.gettempdir(),
+        env=safe_env(),
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -73,36 +75,57 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-async def load(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    """``concurrency`` clients posting BODY back to back for ``seconds``."""
-    latencies: list[float] = []
-    errors = 0
+async def load(direct_url: str, proxy_url: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    """``concurrency`` clients each sending BODY straight to the stand-in and through the proxy, one
+    after the other (alternating which goes first), for ``seconds``: each pair's difference is one
+    sample of the added latency (never a difference of percentiles from separate runs)."""
+    lat: dict[str, list[float]] = {"direct": [], "proxy": []}
+    added: list[float] = []
+    errors = {"direct": 0, "proxy": 0}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        for _ in range(3):  # warm the connection pools (and the proxy's, upstream)
+        for url in (direct_url, proxy_url) * 3:  # warm the connection pools (and the proxy's, upstream)
             async with session.post(url, json=BODY) as resp:
                 await resp.read()
         deadline = time.monotonic() + seconds
 
-        async def client() -> None:
-            nonlocal errors
+        async def timed(which: str, url: str) -> float | None:
+            start = time.perf_counter()
+            async with session.post(url, json=BODY) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors[which] += 1
+                    return None
+            return time.perf_counter() - start
+
+        async def client(proxy_first: bool) -> None:
             while time.monotonic() < deadline:
-                start = time.perf_counter()
-                async with session.post(url, json=BODY) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-                        continue
-                latencies.append(time.perf_counter() - start)
+                order = [("proxy", proxy_url), ("direct", direct_url)]
+                if not proxy_first:
+                    order.reverse()
+                proxy_first = not proxy_first
+                got = {which: await timed(which, url) for which, url in order}
+                if got["direct"] is None or got["proxy"] is None:
+                    continue
+                lat["direct"].append(got["direct"])
+                lat["proxy"].append(got["proxy"])
+                added.append(got["proxy"] - got["direct"])
 
         started = time.monotonic()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(i % 2 == 0) for i in range(concurrency)))
         elapsed = time.monotonic() - started
     return {
         "concurrency": concurrency,
-        **percentiles(latencies),
-        "requests_per_second": len(latencies) / elapsed,
-        "errors": errors,
+        "added_method": "pairs",
+        "added": percentiles(added),
+        **{
+            which: {
+                **percentiles(lat[which]),
+                "requests_per_second": len(lat[which]) / elapsed,
+                "errors": errors[which],
+            }
+            for which in ("direct", "proxy")
+        },
     }
 
 
@@ -122,7 +145,7 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         ax.bar([i - 0.2 for i in xs], [r["direct"][stat] for r in rows], width=0.4, label="direct")
         ax.bar([i + 0.2 for i in xs], [r["proxy"][stat] for r in rows], width=0.4, label="through the proxy")
         for i, r in enumerate(rows):
-            ax.annotate(f"x{r['ratio_' + stat.removesuffix('_ms')]:.2f}", (i + 0.2, r["proxy"][stat]),
+            ax.annotate(f"+{r['added'][stat]:.2f} ms", (i + 0.2, r["proxy"][stat]),
                         ha="center", va="bottom", fontsize=8)  # fmt: skip
         ax.set_xticks(list(xs), [str(r["concurrency"]) for r in rows])
         ax.set_xlabel("concurrent clients")
@@ -157,22 +180,24 @@ async def run(seconds: float) -> dict[str, Any]:
                     raise
                 say(f"instance on {url}")
                 for c in LEVELS:
-                    direct = await load(upstream + "/v1/chat/completions", c, seconds)
-                    proxied = await load(url + "/v1/chat/completions", c, seconds)
-                    row = {
-                        "concurrency": c,
-                        "direct": direct,
-                        "proxy": proxied,
-                        "overhead_p50_ms": proxied["p50_ms"] - direct["p50_ms"],
-                        "overhead_p99_ms": proxied["p99_ms"] - direct["p99_ms"],
-                        "ratio_p50": proxied["p50_ms"] / max(direct["p50_ms"], 1e-9),
-                        "ratio_p99": proxied["p99_ms"] / max(direct["p99_ms"], 1e-9),
-                    }
+                    row = await load(
+                        upstream + "/v1/chat/completions", url + "/v1/chat/completions", c, seconds
+                    )
+                    direct, proxied = row["direct"], row["proxy"]
+                    row["overhead_p50_ms"] = row["added"]["p50_ms"]
+                    row["overhead_p99_ms"] = row["added"]["p99_ms"]
+                    # Proxied over direct latency, same pairs; null (with why) rather than a nonsense number.
+                    for q in ("p50", "p99"):
+                        den = direct[f"{q}_ms"]
+                        row[f"ratio_{q}"] = proxied[f"{q}_ms"] / den if den > 0 else None
+                        if den <= 0:
+                            row[f"ratio_{q}_reason"] = f"direct {q} is {den:.4g} ms, not positive"
                     doc["levels"].append(row)
                     say(
                         f"{c:3d} clients: direct p50 {direct['p50_ms']:.2f} / p99 {direct['p99_ms']:.2f} ms, "
                         f"proxied p50 {proxied['p50_ms']:.2f} / p99 {proxied['p99_ms']:.2f} ms "
-                        f"(x{row['ratio_p50']:.2f} / x{row['ratio_p99']:.2f}), "
+                        f"(added per pair p50 {row['overhead_p50_ms']:.2f} / "
+                        f"p99 {row['overhead_p99_ms']:.2f} ms), "
                         f"{direct['requests_per_second']:.0f} vs {proxied['requests_per_second']:.0f} req/s"
                     )
                     if direct["errors"] or proxied["errors"]:

@@ -17,6 +17,7 @@ build (fleet-limiter and limits). Exits non-zero if any step failed.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +29,9 @@ ROOT = BENCH.parent
 
 def step(title: str, cmd: list[str], started: float) -> bool:
     print(f"[{time.monotonic() - started:7.1f}s] == {title}: {' '.join(cmd[1:])}", flush=True)
-    code = subprocess.run(cmd, cwd=ROOT).returncode
+    # -P and PYTHONSAFEPATH: no step, nor a Python it starts, has the repo (whose operator/ folder
+    # would shadow the standard library's) on sys.path through its working directory.
+    code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONSAFEPATH": "1"}).returncode
     ok = code == 0
     print(
         f"[{time.monotonic() - started:7.1f}s] == {title}: {'done' if ok else f'FAILED (exit {code})'}",

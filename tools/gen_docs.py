@@ -1,6 +1,7 @@
-"""Regenerate docs/examples.md: the plan of every example policy for 1, 2 and 3 instances.
+"""Regenerate docs/examples.md (the plan of every example policy for 1, 2 and 3 instances) and the
+benchmark sections of README.md and bench/README.md (bench/report.py, from bench/results/*.json).
 
-Run `make docs`; tests/unit/test_docs.py fails when the committed file is stale.
+Run `make docs`; tests/unit/test_docs.py fails when a committed file is stale.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import io
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # for bench.report; appended, so the repo's operator/ shadows nothing
+
 from rich.console import Console
 
+from bench import report
 from limiter.cli import render_plan
 from limiter.core.allocation import compute_allocation
 from limiter.core.policy import load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "examples.md"
 
 
@@ -41,8 +45,20 @@ def render() -> str:
     return "\n".join(parts)
 
 
+def documents() -> dict[Path, str]:
+    """Every generated document's path and its current text."""
+    return {OUT: render(), **report.render(ROOT)}
+
+
 if __name__ == "__main__":
+    docs = documents()
+    stale = [path for path, text in docs.items() if path.read_text() != text]
     if "--check" in sys.argv:
-        sys.exit(0 if OUT.read_text() == render() else 1)
-    OUT.write_text(render())
-    print(f"wrote {OUT.relative_to(ROOT)}")
+        for path in stale:
+            print(f"stale: {path.relative_to(ROOT)} (run `make docs`)", file=sys.stderr)
+        sys.exit(1 if stale else 0)
+    for path in stale:
+        path.write_text(docs[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    if not stale:
+        print("generated documents are current")

@@ -112,7 +112,12 @@ def start_fleet(
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "FLEET_LIMITER_INSTANCE_ID": f"instance-{i + 1}"},
+                    # PYTHONSAFEPATH: the repo's operator/ must never shadow the stdlib `operator`.
+                    env={
+                        **os.environ,
+                        "PYTHONSAFEPATH": "1",
+                        "FLEET_LIMITER_INSTANCE_ID": f"instance-{i + 1}",
+                    },
                 )
             )
         urls.append(f"http://127.0.0.1:{port}")

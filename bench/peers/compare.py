@@ -10,7 +10,9 @@ Workloads (bench/peers/harness.py):
   pace over a few seconds inside one minute window, round-robin over the replicas, nobody waits:
   admitted / L, over-admission and under-use, at 1.0x and 3.0x;
 * overhead: latency per call at concurrency 1, 10, 50 (a decision service's call is all overhead;
-  a gateway's added latency is its latency minus the stand-in LLM's, called directly);
+  a gateway's added latency is measured per request pair: each client sends the same request
+  through the gateway and straight to the stand-in LLM, one after the other, and the difference of
+  the two is one sample; never a difference of percentiles from separate runs);
 * throughput per core: calls per CPU-second of the loaded replica's process (and with Redis's CPU
   added), from the concurrency-50 run;
 * fleet-limiter only: join/leave convergence (bench/fleet.py's measurement) and borrowing
@@ -37,7 +39,14 @@ import yaml
 
 from bench.common import Progress, write_results
 from bench.peers import borrowing
-from bench.peers.harness import FakeLLM, accuracy, closed_loop, cpu_seconds, wait_for_window_room
+from bench.peers.harness import (
+    FakeLLM,
+    accuracy,
+    closed_loop,
+    cpu_seconds,
+    paired_loop,
+    wait_for_window_room,
+)
 from tests.support.redis_server import RedisServer
 
 ALL_PEERS = ("fleet-limiter", "limits", "ratelimit", "litellm")
@@ -70,6 +79,7 @@ class Run:
         self.llm = llm
         self.folder = folder
         self.say = Progress()
+        self.direct: Callable[[], Awaitable[None]] | None = None  # the stand-in LLM, called directly
         self.doc: dict[str, Any] = {
             "smoke": params.smoke,
             "params": vars(params),
@@ -103,12 +113,25 @@ class Run:
         redis_pid = [self.redis.process.pid] if self.redis.process else []
         for c in LEVELS:
             redis0 = cpu_seconds(redis_pid)
-            row = await closed_loop(call, concurrency=c, jobs=self.p.jobs, seconds=self.p.seconds, pids=pids)
+            if self.doc["systems"][name]["kind"] == "gateway":
+                assert self.direct is not None, "run_direct sets the direct call first"
+                row = await paired_loop(
+                    call, self.direct, concurrency=c, jobs=self.p.jobs, seconds=self.p.seconds, pids=pids
+                )
+            else:
+                row = await closed_loop(
+                    call, concurrency=c, jobs=self.p.jobs, seconds=self.p.seconds, pids=pids
+                )
             row["redis_cpu_seconds"] = cpu_seconds(redis_pid) - redis0
             row["in_process"] = not pids
             self.doc["systems"][name]["overhead"].append(row)
+            added = (
+                f" (added, per pair: p50 {row['added_p50_ms']:.3f} ms, p99 {row['added_p99_ms']:.3f} ms)"
+                if "added_method" in row
+                else ""
+            )
             self.say(
-                f"{name}: {c:2d} clients: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms, "
+                f"{name}: {c:2d} clients: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms{added}, "
                 f"{row['calls_per_second']:.0f}/s, failures {row['failures']}"
             )
 
@@ -196,20 +219,21 @@ async def run_litellm(run: Run) -> None:
         await run.overhead("litellm proxy", proxy.call, proxy.pids())
 
 
-async def run_direct(run: Run) -> None:
-    """The stand-in LLM called directly: the baseline a gateway's added latency is measured from."""
+async def run_direct(run: Run, session: aiohttp.ClientSession) -> None:
+    """The stand-in LLM called directly: its own latency (for reference), and the direct half of
+    every gateway's request pairs (``run.direct``)."""
     run.system("stand-in LLM direct", "baseline", "POST /v1/chat/completions to the stand-in LLM itself")
     body = {"model": "open", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
 
-        async def call() -> None:
-            async with session.post(run.llm.url + "/v1/chat/completions", json=body) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"stand-in answered {r.status}")
+    async def call() -> None:
+        async with session.post(run.llm.url + "/v1/chat/completions", json=body) as r:
+            await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"stand-in answered {r.status}")
 
-        assert run.llm.proc is not None
-        await run.overhead("stand-in LLM direct", call, [run.llm.proc.pid])
+    run.direct = call
+    assert run.llm.proc is not None
+    await run.overhead("stand-in LLM direct", call, [run.llm.proc.pid])
 
 
 async def run_fleet_only(run: Run) -> None:
@@ -222,8 +246,8 @@ async def run_fleet_only(run: Run) -> None:
         run.say(
             f"borrowing, {'flexible' if flexible else 'static'} split: utilisation {row['utilisation']:.3f}"
         )
-    results["flexible_over_static"] = results["flexible"]["utilisation"] / max(
-        1e-9, results["static"]["utilisation"]
+    results["flexible_over_static"] = ratio(
+        results["flexible"]["utilisation"], results["static"]["utilisation"], "static utilisation"
     )
     run.doc["borrowing"] = results
     policy = run.folder / "conv.yaml"
@@ -260,31 +284,45 @@ def per_core(system: dict[str, Any]) -> dict[str, float] | None:
     if row is None or not row["calls"]:
         return None
     own = row["client_cpu_seconds"] if row["in_process"] else row["server_cpu_seconds"]
+    if own <= 0:  # too short a run for /proc's clock ticks: no figure rather than a huge one
+        return None
     return {
-        "calls_per_cpu_second": row["calls"] / max(1e-9, own),
-        "calls_per_cpu_second_with_redis": row["calls"] / max(1e-9, own + row["redis_cpu_seconds"]),
+        "calls_per_cpu_second": row["calls"] / own,
+        "calls_per_cpu_second_with_redis": row["calls"] / (own + row["redis_cpu_seconds"]),
     }
 
 
+def ratio(num: float | None, den: float | None, what: str) -> dict[str, Any]:
+    """``num / den`` as ``{"value": x}``, or ``{"value": None, "reason": ...}`` when the denominator
+    is not positive (an added latency at or under zero has no meaningful ratio) or a side is missing."""
+    if num is None or den is None:
+        return {"value": None, "reason": f"{what}: not measured"}
+    if den <= 0:
+        return {"value": None, "reason": f"{what}: denominator {den:.4g} is not positive"}
+    return {"value": num / den}
+
+
+def added(system: dict[str, Any]) -> None:
+    """A decision service's or library's call is all overhead (added = its latency); a gateway's
+    added latency comes from its request pairs (``paired_loop``) and is left as measured."""
+    if system["kind"] in ("gateway", "baseline"):
+        return
+    for row in system["overhead"]:
+        row["added_method"] = "whole call"
+        row["added_p50_ms"], row["added_p99_ms"] = row["p50_ms"], row["p99_ms"]
+
+
 def ratios(doc: dict[str, Any]) -> dict[str, Any]:
-    """Peer / fleet-limiter, pair by pair: each peer against the fleet-limiter form of its kind."""
+    """Peer / fleet-limiter, pair by pair: each peer against the fleet-limiter form of its kind.
+    Every ratio is ``{"value": x}`` or ``{"value": null, "reason": ...}``, never a guess."""
     systems = doc["systems"]
-    direct = systems.get("stand-in LLM direct")
     out: dict[str, Any] = {"accuracy_admitted_over_limit": {}, "pairs": {}}
     for name, s in systems.items():
         out["accuracy_admitted_over_limit"][name] = {
             f"{r['load']:g}x": r["admitted_over_limit"] for r in s["accuracy"]
         }
         s["per_core"] = per_core(s)
-        if s["kind"] == "gateway" and direct:
-            for row in s["overhead"]:
-                base = row_at(direct, row["concurrency"])
-                if base:
-                    row["added_p50_ms"] = row["p50_ms"] - base["p50_ms"]
-                    row["added_p99_ms"] = row["p99_ms"] - base["p99_ms"]
-        else:
-            for row in s["overhead"]:
-                row["added_p50_ms"], row["added_p99_ms"] = row["p50_ms"], row["p99_ms"]
+        added(s)
     pairs = {
         "envoy ratelimit": "fleet-limiter",
         "litellm proxy": "fleet-limiter proxy",
@@ -297,16 +335,16 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
         p, o = systems[peer], systems[ours]
         pair: dict[str, Any] = {"against": ours, "added_latency_peer_over_ours": {}}
         for c in LEVELS:
-            pr, orow = row_at(p, c), row_at(o, c)
-            if pr and orow and "added_p50_ms" in pr and "added_p50_ms" in orow:
-                pair["added_latency_peer_over_ours"][str(c)] = {
-                    "p50": pr["added_p50_ms"] / max(1e-6, orow["added_p50_ms"]),
-                    "p99": pr["added_p99_ms"] / max(1e-6, orow["added_p99_ms"]),
-                }
-        if p["per_core"] and o["per_core"]:
-            pair["per_core_peer_over_ours"] = (
-                p["per_core"]["calls_per_cpu_second"] / o["per_core"]["calls_per_cpu_second"]
-            )
+            pr, orow = row_at(p, c) or {}, row_at(o, c) or {}
+            pair["added_latency_peer_over_ours"][str(c)] = {
+                q: ratio(pr.get(f"added_{q}_ms"), orow.get(f"added_{q}_ms"), f"added {q} at {c} clients")
+                for q in ("p50", "p99")
+            }
+        pair["per_core_peer_over_ours"] = ratio(
+            (p["per_core"] or {}).get("calls_per_cpu_second"),
+            (o["per_core"] or {}).get("calls_per_cpu_second"),
+            "calls per CPU-second",
+        )
         pair["over_admission_at_3x"] = {
             "peer": next((r["over_admission"] for r in p["accuracy"] if r["load"] == 3.0), None),
             "ours": next((r["over_admission"] for r in o["accuracy"] if r["load"] == 3.0), None),
@@ -315,22 +353,28 @@ def ratios(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def run_peers(run: Run, peers: list[str]) -> None:
+    """Each peer in turn; one that cannot be installed or started is reported, the others still run."""
+    for name in peers:
+        try:
+            await RUNNERS[name](run)
+        except Exception as exc:
+            run.doc.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+            run.say(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+    if "fleet-limiter" in peers:
+        await run_fleet_only(run)
+
+
 async def main_async(smoke: bool, peers: list[str]) -> dict[str, Any]:
     params = Params(smoke)
     with RedisServer() as redis, FakeLLM() as llm, tempfile.TemporaryDirectory() as tmp:
         run = Run(params, redis, llm, Path(tmp))
         run.say(f"private redis-server on {redis.url}, stand-in LLM on {llm.url}; peers: {', '.join(peers)}")
         run.doc["peers"] = peers
-        await run_direct(run)
-        for name in peers:
-            try:
-                await RUNNERS[name](run)
-            except Exception as exc:
-                # A peer that cannot be installed or started is reported, and the others still run.
-                run.doc.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
-                run.say(f"{name}: FAILED: {type(exc).__name__}: {exc}")
-        if "fleet-limiter" in peers:
-            await run_fleet_only(run)
+        direct_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+        async with direct_session:
+            await run_direct(run, direct_session)
+            await run_peers(run, peers)
         run.doc["ratios"] = ratios(run.doc)
         return run.doc
 

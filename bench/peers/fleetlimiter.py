@@ -10,7 +10,6 @@ load for the overhead and throughput workloads. Every model forwards to the stan
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.common import safe_env
 from bench.peers.harness import stop, wait_http
 from limiter.core.policy import parse_policy
 from limiter.fleet.instance import LimiterInstance
@@ -104,7 +104,8 @@ class FleetLimiter:
                         ],
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        env={**os.environ, "FLEET_LIMITER_INSTANCE_ID": f"peers-{i}"},
+                        env=safe_env({"FLEET_LIMITER_INSTANCE_ID": f"peers-{i}"}),
+                        cwd=self.folder,
                     )
                 )
                 log.close()  # the child holds its own copy

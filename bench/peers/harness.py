@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import percentiles
+from bench.common import percentiles, safe_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -85,7 +86,8 @@ class FakeLLM:
             [sys.executable, "-P", str(Path(__file__).with_name("fake_llm.py"))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=ROOT,
+            cwd=tempfile.gettempdir(),
+            env=safe_env(),
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().strip()
@@ -206,4 +208,72 @@ async def closed_loop(
         "server_cpu_seconds": cpu,
         "client_cpu_seconds": own_cpu_seconds() - own0,
         **percentiles(latencies),
+    }
+
+
+async def paired_loop(
+    via: Callable[[], Awaitable[Any]],
+    direct: Callable[[], Awaitable[Any]],
+    *,
+    concurrency: int,
+    jobs: int,
+    seconds: float,
+    pids: Sequence[int] = (),
+) -> dict[str, Any]:
+    """A gateway's added latency per request pair: ``concurrency`` clients each send the same request
+    through the gateway (``via``) and straight to the upstream (``direct``), one after the other,
+    alternating which goes first; ``added_*`` are percentiles of the per-pair differences, never a
+    difference of percentiles taken from separate runs. The rest of the row is ``via``'s, as in
+    ``closed_loop`` (CPU of ``pids`` counts the gateway's work only: the upstream is another process)."""
+    via_lat: list[float] = []
+    direct_lat: list[float] = []
+    added: list[float] = []
+    failures: list[str] = []
+    per_worker = max(1, jobs // concurrency)
+    deadline = time.monotonic() + seconds
+
+    async def timed(call: Callable[[], Awaitable[Any]]) -> float:
+        t0 = time.perf_counter()
+        await call()
+        return time.perf_counter() - t0
+
+    async def worker(first_via: bool) -> None:
+        for i in range(per_worker):
+            if time.monotonic() > deadline:
+                return
+            try:
+                if (i % 2 == 0) == first_via:
+                    v = await timed(via)
+                    d = await timed(direct)
+                else:
+                    d = await timed(direct)
+                    v = await timed(via)
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}"[:200])
+                continue
+            via_lat.append(v)
+            direct_lat.append(d)
+            added.append(v - d)
+
+    cpu0, own0 = cpu_seconds(pids), own_cpu_seconds()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w % 2 == 0) for w in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(pids) - cpu0
+    pairs = percentiles(added)
+    return {
+        "concurrency": concurrency,
+        "calls": len(via_lat),
+        "failures": len(failures),
+        "failure_sample": failures[:3],
+        "seconds": elapsed,
+        "calls_per_second": len(via_lat) / elapsed if elapsed else 0.0,
+        "server_cpu_seconds": cpu,
+        "client_cpu_seconds": own_cpu_seconds() - own0,
+        **percentiles(via_lat),
+        "direct": percentiles(direct_lat),
+        "added_method": "pairs",
+        "added_p50_ms": pairs["p50_ms"],
+        "added_p99_ms": pairs["p99_ms"],
+        "added_mean_ms": pairs["mean_ms"],
     }

@@ -41,12 +41,26 @@ def _say(message: str) -> None:
     print(f"[peers] {message}", flush=True)
 
 
+def safe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``, with ``PYTHONSAFEPATH=1`` (see ``_run``)."""
+    return {**os.environ, **(extra or {}), "PYTHONSAFEPATH": "1"}
+
+
 def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: float = 1800) -> None:
     """Run an install step with its output in ``log``; on failure raise with the command and its tail."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    # In the cache, never the repo, and with PYTHONSAFEPATH: from the repo root, a venv's `python -m
+    # pip` imports the repo's operator/ instead of the standard library's `operator` and fails.
     with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=safe_env(env),
+            cwd=cache_dir(),
+            timeout=timeout,
+        )
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -66,7 +80,7 @@ def ensure_ratelimit() -> Path:
     if go is None:
         raise RuntimeError("the Go toolchain is not on PATH: envoyproxy/ratelimit cannot be built")
     _say(f"building {RATELIMIT_MODULE}@{RATELIMIT_VERSION} with {go} (a few minutes on 2 cores)")
-    env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"}
+    env = {"GOBIN": str(binary.parent), "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"}
     _run(
         [go, "install", f"{RATELIMIT_MODULE}/src/service_cmd@{RATELIMIT_VERSION}"],
         cache_dir() / "logs" / "ratelimit-build.log",
@@ -88,9 +102,17 @@ def ensure_litellm() -> Path:
         return exe
     _say(f"installing litellm[proxy]=={LITELLM_VERSION} into {venv}")
     if not (venv / "bin" / "python").exists():
-        _run([sys.executable, "-m", "venv", str(venv)], cache_dir() / "logs" / "litellm-venv.log")
+        _run([sys.executable, "-P", "-m", "venv", str(venv)], cache_dir() / "logs" / "litellm-venv.log")
     _run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+        [
+            str(venv / "bin" / "python"),
+            "-P",
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            f"litellm[proxy]=={LITELLM_VERSION}",
+        ],
         cache_dir() / "logs" / "litellm-install.log",
     )
     stamp.write_text(LITELLM_VERSION + "\n")
@@ -108,7 +130,17 @@ def ensure_limits() -> Path:
         return folder
     _say(f"installing limits=={LIMITS_VERSION} into {folder}")
     _run(
-        [sys.executable, "-m", "pip", "install", "-q", "--target", str(folder), f"limits=={LIMITS_VERSION}"],
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--target",
+            str(folder),
+            f"limits=={LIMITS_VERSION}",
+        ],
         cache_dir() / "logs" / "limits-install.log",
     )
     return folder

@@ -11,7 +11,6 @@ without one) sent as ``Authorization: Bearer``. It starts offline with
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 from pathlib import Path
@@ -21,7 +20,7 @@ import aiohttp
 import yaml
 
 from bench.peers.harness import stop, wait_http
-from bench.peers.install import LITELLM_VERSION, ensure_litellm
+from bench.peers.install import LITELLM_VERSION, ensure_litellm, safe_env
 from tests.support.redis_server import free_port
 
 OPEN = "open"
@@ -81,7 +80,7 @@ class LiteLLMProxy:
         exe = ensure_litellm()
         path = self.folder / "litellm.yaml"
         path.write_text(yaml.safe_dump(self.conf))
-        env = {**os.environ, **OFFLINE_ENV}
+        env = safe_env(OFFLINE_ENV)
         try:
             for i in range(self.replicas):
                 port = free_port()
