@@ -25,3 +25,11 @@ redis-image:
 ## image-check: run the image read-only as user 65532 against the Redis image and check /ready
 image-check: image redis-image
 	@bash tools/kind/image-check.sh
+
+## kind-up: a kind cluster (1 control plane, 2 workers) built offline, images loaded; KUBECONFIG=.kind/kubeconfig
+kind-up:
+	@bash tools/kind/kind-up.sh
+
+## kind-down: delete the kind cluster and its Docker network (images and caches stay)
+kind-down:
+	@bash tools/kind/kind-down.sh
