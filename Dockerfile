@@ -9,8 +9,12 @@
 #
 # It runs as a non-root user (65532, as the chart's securityContext says) on a read-only root
 # filesystem: nothing is written at run time (no bytecode, no temp files).
+#
+# BASE is any Python 3.11 image with venv: the official python:3.11-slim by default; `make image`
+# builds one here from Debian packages when no registry serves it (tools/kind/images.sh).
+ARG BASE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/fleet-limiter
 WORKDIR /src
@@ -21,7 +25,7 @@ COPY operator ./operator
 RUN /opt/fleet-limiter/bin/pip install . \
  && /opt/fleet-limiter/bin/python -P -c "import limiter.cli, limiter_operator.main"
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN groupadd --system --gid 65532 fleet \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin fleet
 COPY --from=build /opt/fleet-limiter /opt/fleet-limiter

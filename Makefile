@@ -89,5 +89,7 @@ clean:
 
 # The local Kubernetes control plane (tools/localcluster): cluster-up, cluster-down, test-cluster.
 -include tools/localcluster/cluster.mk
+# Real containers (tools/kind): docker-up, image, image-name, redis-image, image-check, kind-up, kind-down.
+-include tools/kind/kind.mk
 # The e2e suite (tests/e2e): e2e on the local control plane, e2e-kind where Docker exists.
 -include tests/e2e/e2e.mk

@@ -59,11 +59,14 @@ class Settings:
     """Image (repository:tag) the chart runs in ``kubeconfig`` mode; the local node never pulls."""
     scale_pods: int = 50
     """Pods of the scale scenario."""
+    redis_image: str = ""
+    """Image (repository:tag) of the chart's in-chart Redis in ``kubeconfig`` mode; empty: the chart's
+    default (tools/kind/e2e.sh names the one it builds from Debian's redis-server)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read and check ``FLEET_E2E_CLUSTER``, ``FLEET_E2E_POD_ACCESS``, ``FLEET_E2E_IMAGE`` and
-        ``FLEET_E2E_SCALE_PODS``."""
+        """Read and check ``FLEET_E2E_CLUSTER``, ``FLEET_E2E_POD_ACCESS``, ``FLEET_E2E_IMAGE``,
+        ``FLEET_E2E_SCALE_PODS`` and ``FLEET_E2E_REDIS_IMAGE``."""
         env = dict(os.environ if env is None else env)
         cluster = env.get("FLEET_E2E_CLUSTER", "local")
         if cluster not in ("local", "kubeconfig"):
@@ -77,7 +80,14 @@ class Settings:
         raw = env.get("FLEET_E2E_SCALE_PODS", str(cls.scale_pods))
         if not raw.isdigit() or not 2 <= int(raw) <= 200:
             raise E2EConfigError(f"FLEET_E2E_SCALE_PODS: {raw!r} is not valid: a whole number from 2 to 200")
-        return cls(cluster=cluster, pod_access=access, image=image, scale_pods=int(raw))
+        redis_image = env.get("FLEET_E2E_REDIS_IMAGE", cls.redis_image)
+        if redis_image and ":" not in redis_image.rsplit("/", 1)[-1]:
+            raise E2EConfigError(
+                f"FLEET_E2E_REDIS_IMAGE: {redis_image!r} is not valid: expected repository:tag"
+            )
+        return cls(
+            cluster=cluster, pod_access=access, image=image, scale_pods=int(raw), redis_image=redis_image
+        )
 
 
 def external_cluster() -> Cluster:
@@ -361,6 +371,9 @@ def chart_values(settings: Settings, redis_url: str | None) -> list[str]:
     if settings.cluster == "kubeconfig":
         repository, _, tag = settings.image.rpartition(":")
         values += [f"image.repository={repository}", f"image.tag={tag}"]
+        if settings.redis_image:
+            repository, _, tag = settings.redis_image.rpartition(":")
+            values += [f"redis.image.repository={repository}", f"redis.image.tag={tag}"]
     return [arg for value in values for arg in ("--set", value)]
 
 

@@ -35,6 +35,12 @@ from tests.e2e.kube import CHART, ROOT, DirectAccess, E2EConfigError, Settings, 
             {"FLEET_E2E_POD_ACCESS": "port-forward"},
             Settings("local", "port-forward", "fleet-limiter:e2e", 50),
         ),
+        (
+            {"FLEET_E2E_CLUSTER": "kubeconfig", "FLEET_E2E_REDIS_IMAGE": "fleet-limiter/redis:7.0-bookworm"},
+            Settings(
+                "kubeconfig", "port-forward", "fleet-limiter:e2e", 50, "fleet-limiter/redis:7.0-bookworm"
+            ),
+        ),
     ],
 )
 def test_settings_from_the_environment(env: dict[str, str], expected: Settings) -> None:
@@ -84,7 +90,10 @@ def operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_the_kind_install_renders_with_the_in_chart_redis_and_the_loaded_image() -> None:
-    docs = render(chart_values(Settings("kubeconfig", "port-forward", "fleet-limiter:e2e", 50), None))
+    redis_image = "fleet-limiter/redis:7.0-bookworm"
+    docs = render(
+        chart_values(Settings("kubeconfig", "port-forward", "fleet-limiter:e2e", 50, redis_image), None)
+    )
     env = operator_env(docs)
     assert env["FLEET_LIMITER_LIMITER_IMAGE"] == "fleet-limiter:e2e"
     assert (
@@ -104,7 +113,9 @@ def test_the_kind_install_renders_with_the_in_chart_redis_and_the_loaded_image()
         if d["kind"] == "Deployment"
         for c in d["spec"]["template"]["spec"]["containers"]
     }
-    assert images == {"fleet-limiter:e2e", "redis:7.4-alpine"}  # the two images tools/kind/e2e.sh loads
+    assert images == {"fleet-limiter:e2e", redis_image}  # the two images tools/kind/kind-up.sh loads
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "e2e-x-fleet-limiter-redis-data"
 
 
 def test_the_local_install_renders_with_an_external_redis() -> None:
@@ -113,9 +124,23 @@ def test_the_local_install_renders_with_an_external_redis() -> None:
     assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
 
 
-def test_the_kind_script_parses_and_loads_the_chart_s_redis_image() -> None:
-    script = ROOT / "tools" / "kind" / "e2e.sh"
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    redis_image = f"{values['redis']['image']['repository']}:{values['redis']['image']['tag']}"
-    assert f"REDIS_IMAGE={redis_image}" in script.read_text()
+def test_the_kind_scripts_parse_and_name_the_images_they_build() -> None:
+    for script in sorted((ROOT / "tools" / "kind").glob("*.sh")):
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+    names = {
+        what: subprocess.run(
+            ["bash", str(ROOT / "tools" / "kind" / "images.sh"), what],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for what in ("name", "redis-name")
+    }
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert names == {
+        "name": f"fleet-limiter:{chart['appVersion']}",
+        "redis-name": "fleet-limiter/redis:7.0-bookworm",
+    }
+    e2e = (ROOT / "tools" / "kind" / "e2e.sh").read_text()
+    assert "FLEET_E2E_REDIS_IMAGE=" in e2e and "FLEET_E2E_IMAGE=" in e2e

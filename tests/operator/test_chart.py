@@ -146,11 +146,29 @@ def test_in_chart_redis_only_without_an_external_url(helm: Path) -> None:
             if "redis" in d["metadata"]["name"]
         ]
 
-    assert redis_objects() == ["Service/fl-fleet-limiter-redis", "Deployment/fl-fleet-limiter-redis"]
+    assert redis_objects() == [
+        "PersistentVolumeClaim/fl-fleet-limiter-redis-data",
+        "Service/fl-fleet-limiter-redis",
+        "Deployment/fl-fleet-limiter-redis",
+    ]
     assert redis_objects(*VALUE_SETS["external-redis"]) == []
     assert redis_objects("--set", "redis.enabled=false") == []
     (redis,) = [d for d in rendered(helm) if d["kind"] == "Deployment" and "redis" in d["metadata"]["name"]]
     assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["command"]
+    # The append-only file is on the claim by default, on an emptyDir without persistence.
+    assert redis["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "fl-fleet-limiter-redis-data"}}
+    ]
+    (ephemeral,) = [
+        d
+        for d in rendered(helm, "--set", "redis.persistence.enabled=false")
+        if d["kind"] == "Deployment" and "redis" in d["metadata"]["name"]
+    ]
+    assert ephemeral["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert redis_objects("--set", "redis.persistence.enabled=false") == [
+        "Service/fl-fleet-limiter-redis",
+        "Deployment/fl-fleet-limiter-redis",
+    ]
 
 
 def test_rbac_is_namespaced_when_namespaces_are_listed(helm: Path) -> None:
