@@ -42,6 +42,11 @@ def ms(x: float | None) -> str:
     return f"{x:.0f}" if a >= 100 else f"{x:.1f}" if a >= 10 else f"{x:.2f}" if a >= 1 else f"{x:.3f}"
 
 
+def us(x: float) -> str:
+    """Microseconds: whole above 100, else three significant figures."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def count(x: float) -> str:
     return f"{x:,.0f}"
 
@@ -325,6 +330,14 @@ def readme(docs: dict[str, Doc]) -> list[str]:
     if "proxy_overhead" in docs:
         d = docs["proxy_overhead"]
         out.append(f"* **Proxy** ({where('proxy_overhead', d, link)}): {proxy(d)}.")
+    if "admission" in docs:
+        a = docs["admission"]
+        first, last = a["levels"][0], a["levels"][-1]
+        out.append(
+            f"* **Admission against queue depth** ({where('admission', a, link)}): an acquire and release "
+            f"take {us(first['other_type']['p50_us'])} us p50 in process with no job waiting and "
+            f"{us(last['other_type']['p50_us'])} us with {count(last['waiting'])} waiting."
+        )
     if "credits" in docs:
         c = docs["credits"]
         http1 = c["http"][0]
@@ -337,6 +350,30 @@ def readme(docs: dict[str, Doc]) -> list[str]:
     return out
 
 
+def admission(docs: dict[str, Doc], link: str) -> list[str]:
+    """Admission cost against queue depth: the latest run, and the run of the code before, if kept."""
+    out = []
+    for name in ("admission", "admission-scan"):
+        if name not in docs:
+            continue
+        d = docs[name]
+        out += [
+            "",
+            f"{d.get('code', name)}: from {where(name, d, link)}.",
+            "",
+            "| waiting tickets | acquire + release, other type: p50 / p99 us "
+            "| release + acquire, same type: p50 / p99 us |",
+            "| --- | --- | --- |",
+        ]
+        for r in d["levels"]:
+            o, c = r["other_type"], r["churn"]
+            out.append(
+                f"| {count(r['waiting'])} | {us(o['p50_us'])} / {us(o['p99_us'])} "
+                f"| {us(c['p50_us'])} / {us(c['p99_us'])} |"
+            )
+    return out[1:]
+
+
 # -- the documents -------------------------------------------------------------------------------------
 
 
@@ -347,6 +384,8 @@ def sections(docs: dict[str, Doc]) -> dict[str, dict[str, list[str]]]:
         bench["fleet"] = fleet(docs["fleet"], "results/")
     if "peers" in docs:
         bench["peers"] = peers(docs["peers"], "results/")
+    if "admission" in docs:
+        bench["admission"] = admission(docs, "results/")
     return {"README.md": {"benchmarks": readme(docs)}, "bench/README.md": bench}
 
 

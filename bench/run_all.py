@@ -7,6 +7,7 @@
 2. bench/fleet.py: fleet-limiter's own latency, decisions/s, convergence, Redis commands per job;
 3. bench/proxy_overhead.py: the LLM proxy's added latency against calling the stand-in directly;
 4. bench/credits.py: consume latency and throughput, Redis round trips per consume;
+   bench/admission.py: the job-type manager's cost against the depth of its queues;
 5. bench/peers/compare.py: fleet-limiter side by side with envoyproxy/ratelimit, the LiteLLM proxy
    and the limits library.
 
@@ -64,6 +65,9 @@ def main() -> int:
     results["fleet"] = step("fleet benchmark", [*py, str(BENCH / "fleet.py"), *common], started)
     results["proxy"] = step("proxy overhead", [*py, str(BENCH / "proxy_overhead.py"), *common], started)
     results["credits"] = step("credit budgets", [*py, str(BENCH / "credits.py"), *common], started)
+    results["admission"] = step(
+        "admission against queue depth", [*py, str(BENCH / "admission.py"), *common], started
+    )
     results["peers"] = step(
         "peers side by side", [*py, str(BENCH / "peers" / "compare.py"), *common, "--peers", peers], started
     )

@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from limiter.core.refusals import RefusalReason
+
 if TYPE_CHECKING:
     from limiter.core.admission import Ticket
 
@@ -22,8 +24,11 @@ WAIT_BUCKETS: tuple[float, ...] = (
 REDIS_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 )  # fmt: skip
-#: Why an acquire got no lease (``fleet_limiter_refusals_total{reason}``).
-REFUSAL_REASONS: tuple[str, ...] = ("queue_full", "no_wait", "timeout", "budget", "not_ready", "invalid")
+#: Why an acquire got no lease (``fleet_limiter_refusals_total{reason}``): the codes of
+#: :class:`limiter.core.refusals.RefusalReason` (``credits_exhausted`` is the credit routes' own).
+REFUSAL_REASONS: tuple[str, ...] = tuple(
+    r.value for r in RefusalReason if r is not RefusalReason.CREDITS_EXHAUSTED
+)
 
 
 @dataclass(slots=True)

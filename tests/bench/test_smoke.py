@@ -75,3 +75,10 @@ def test_peers_benchmark(results: Path) -> None:
     assert "limits fixed-window" in doc["ratios"]["pairs"]
     assert doc["borrowing"]["flexible"]["utilisation"] > 0
     assert doc["convergence"]["join_seconds"]["n"] == 1
+
+
+@pytest.mark.timeout(440)
+def test_admission_benchmark(results: Path) -> None:
+    doc = load(results, "admission-smoke")
+    assert [r["waiting"] for r in doc["levels"]] == [0, 100, 1000, 10000]
+    assert all(r["other_type"]["n"] == r["churn"]["n"] == r["rounds"] > 0 for r in doc["levels"])

@@ -187,7 +187,7 @@ def test_queue_limits_and_wait_deadlines() -> None:
     )
     m.submit("A")
     waiting = [m.submit("A", wait_seconds=30), m.submit("A", wait_seconds=1)]
-    with pytest.raises(QueueFull, match=r"all models rejected.*queue is full \(2 waiting\)"):
+    with pytest.raises(QueueFull, match=r"all models rejected: the queue of job type 'A' is full \(2"):
         m.submit("A")
     assert waiting[0].deadline - waiting[0].enqueued_at == 5  # capped by maxWaitSeconds
     clock.advance(1)
