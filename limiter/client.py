@@ -34,11 +34,24 @@ class LimiterError(Exception):
 
 
 class NoCapacity(LimiterError):
-    """503: no slot within the wait (or the queue is full); retry after ``retry_after`` seconds."""
+    """503: no slot within the wait (or the queue is full); retry after ``retry_after`` seconds.
 
-    def __init__(self, status: int, message: str, retry_after: float) -> None:
+    ``reason`` is the refusal's code (``queue_full``, ``parallel_limit``, ``window_spent``,
+    ``memory_limit``, ``not_ready``; docs/proxy.md lists them) and ``limit`` the limit that refused
+    (``{"name", "model"?, "jobType"?, "dimension"?, "window"?, "value"?}``), as the instance said."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float,
+        reason: str | None = None,
+        limit: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(status, message)
         self.retry_after = retry_after
+        self.reason = reason
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -95,7 +108,14 @@ class LimiterClient:
                 doc = {"error": text}
             if resp.status == 503:
                 retry = float(resp.headers.get("Retry-After", "1"))
-                raise NoCapacity(resp.status, str(doc.get("error", "no capacity")), retry)
+                limit = doc.get("limit")
+                raise NoCapacity(
+                    resp.status,
+                    str(doc.get("error", "no capacity")),
+                    retry,
+                    str(doc["reason"]) if "reason" in doc else None,
+                    limit if isinstance(limit, dict) else None,
+                )
             if resp.status >= 400:
                 raise LimiterError(resp.status, str(doc.get("error", text)))
             return doc

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from limiter.core.refusals import CAPACITY_REASONS
 from limiter.proxy.queue_api import QueueUpdateBody
 from limiter.proxy.wire import MAX_CHOICES, MAX_OUTPUT_TOKENS, ROUTES
 from limiter.web.credits import ConsumeBody, PutBody, ReserveBody, SettleBody
@@ -29,6 +30,58 @@ ERROR = {
         "status": {"type": "integer"},
     },
 }
+REFUSAL = {
+    "description": "An Error that names the limit that refused (docs/proxy.md, Refusals)",
+    "allOf": [{"$ref": "#/components/schemas/Error"}],
+    "properties": {
+        "reason": {"type": "string", "enum": [r.value for r in CAPACITY_REASONS]},
+        "limit": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "description": "tokensPerMinute, slots, maxWaiting, queue_limit, ...",
+                },
+                "model": {"type": "string"},
+                "jobType": {"type": "string"},
+                "dimension": {"type": "string", "enum": ["tokens", "requests"]},
+                "window": {"type": "string", "enum": ["minute", "day"]},
+                "value": {"type": "integer"},
+            },
+        },
+        "retryAfterSeconds": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "The Retry-After header's value; null when the limit does not free by itself",
+        },
+        "position": {"type": "integer", "minimum": 1, "description": "Queued work: its place in the queue"},
+        "estimatedStartSeconds": {"type": "number", "minimum": 0},
+    },
+}
+RETRY_HEADERS = {
+    "Retry-After": {"description": "Whole seconds until the limit frees", "schema": {"type": "integer"}},
+    "retry-after-ms": {
+        "description": "The same in milliseconds (OpenAI SDKs read it)",
+        "schema": {"type": "integer"},
+    },
+}
+#: Headers of a lease grant or a proxied 2xx answer, for the model's minute limits (absent without them).
+RATE_LIMIT_HEADERS = {
+    **{
+        f"x-ratelimit-{what}-{dim}": {
+            "description": f"OpenAI-style {what} of the {dim} per minute",
+            "schema": {"type": "string"},
+        }
+        for dim in ("requests", "tokens")
+        for what in ("limit", "remaining", "reset")
+    },
+    "RateLimit-Policy": {
+        "description": "draft-ietf-httpapi-ratelimit-headers-10",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {"description": "draft-ietf-httpapi-ratelimit-headers-10", "schema": {"type": "string"}},
+}
 PROXY_BODY = {
     "type": "object",
     "required": ["model"],
@@ -40,6 +93,9 @@ PROXY_BODY = {
         "max_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_OUTPUT_TOKENS},
         "max_completion_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_OUTPUT_TOKENS},
         "n": {"type": "integer", "minimum": 1, "maximum": MAX_CHOICES},
+        "input": {"type": ["string", "array"]},
+        "instructions": {"type": "string"},
+        "max_output_tokens": {"type": "integer", "minimum": 0, "maximum": MAX_OUTPUT_TOKENS},
         "options": {"type": "object"},
     },
 }
@@ -69,10 +125,23 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown job type, lease, key, model or route",
         409: "A request id reused with other parameters",
         413: "Body too large",
-        429: "The key's credits do not cover it",
-        503: "No capacity now (with Retry-After), or not ready",
+        429: "The key's credits do not cover it (reason credits_exhausted)",
+        503: "No capacity now, or not ready: the reason, the limit and Retry-After",
     }
-    return {str(s): _json({"$ref": "#/components/schemas/Error"}, text[s]) for s in statuses}
+    out = {}
+    for s in statuses:
+        if s in (429, 503):
+            out[str(s)] = {
+                **_json({"$ref": "#/components/schemas/Refusal"}, text[s]),
+                "headers": _header_refs(RETRY_HEADERS),
+            }
+        else:
+            out[str(s)] = _json({"$ref": "#/components/schemas/Error"}, text[s])
+    return out
+
+
+def _header_refs(headers: dict[str, Any]) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
 
 
 def _operation(
@@ -83,11 +152,12 @@ def _operation(
     *,
     admin: bool = False,
     optional_body: bool = False,
+    rate_limited: bool = False,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {"200": _json({"type": "object"}, ok), **_errors(*errors)},
-    }
+    answer = _json({"type": "object"}, ok)
+    if rate_limited:
+        answer["headers"] = _header_refs(RATE_LIMIT_HEADERS)
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": answer, **_errors(*errors)}}
     if body is not None:
         op["requestBody"] = {"required": not optional_body, "content": {"application/json": {"schema": body}}}
     if admin:
@@ -115,6 +185,7 @@ def document() -> dict[str, Any]:
                 _ref(AcquireBody),
                 "The lease: leaseId, model, jobType, reserved, borrowed, instanceId",
                 (400, 404, 413, 503),
+                rate_limited=True,
             )
         },
         "/api/jobs/{leaseId}/release": {
@@ -198,6 +269,7 @@ def document() -> dict[str, Any]:
                     PROXY_BODY,
                     "The upstream's answer (JSON, or a stream of SSE / NDJSON events)",
                     (400, 401, 404, 413, 429, 503),
+                    rate_limited=True,
                 ),
                 "parameters": [
                     {"name": "X-Job-Type", "in": "header", "required": False, "schema": {"type": "string"}}
@@ -215,10 +287,12 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 "Error": ERROR,
+                "Refusal": REFUSAL,
                 **_schemas(
                     [AcquireBody, ReleaseBody, PutBody, ConsumeBody, ReserveBody, SettleBody, QueueUpdateBody]
                 ),
             },
+            "headers": {**RETRY_HEADERS, **RATE_LIMIT_HEADERS},
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }

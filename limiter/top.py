@@ -88,7 +88,8 @@ async def discover(store: RedisStore) -> list[str]:
 
 def render(snapshots: Sequence[dict[str, Any]], title: str = "fleet-limiter") -> Group:
     """The view: one row per instance; per job type, in flight / slots on each instance; per model,
-    the pool on each instance and the per-instance shares; per proxied model, each instance's queue."""
+    the pool on each instance and the per-instance shares; per proxied model, each instance's queue;
+    per model in shadow mode, what enforcing would have refused."""
     live = [s for s in snapshots if "error" not in s]
     labels = short_names([_instance_id(s) for s in live])
     fleet = Table(title=title)
@@ -135,7 +136,7 @@ def render(snapshots: Sequence[dict[str, Any]], title: str = "fleet-limiter") ->
             wait = f" ({row['waiting']})" if row["waiting"] else ""
             cells.append(f"{row['inFlight']}/{row['allocatedSlots']}{wait} {row['currentRatio']:.2f}")
         jobs.add_row(name, "flexible" if first["flexible"] else "fixed", f"{first['initialRatio']:g}", *cells)
-    return Group(fleet, jobs, _pools(live, labels), *_queues(live, labels))
+    return Group(fleet, jobs, _pools(live, labels), *_queues(live, labels), *_shadow(live, labels))
 
 
 def _pools(live: Sequence[dict[str, Any]], labels: Sequence[str]) -> Table:
@@ -196,6 +197,39 @@ def _queues(live: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[Table
         processed = sum(int(stats[model]["total_processed"]) for stats in per if model in stats)
         rejected = sum(int(stats[model]["total_rejected"]) for stats in per if model in stats)
         table.add_row(model, *cells, str(processed), str(rejected))
+    return [table]
+
+
+def _shadow(live: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[Table]:
+    """Per model in shadow mode (or with would-be refusals counted): its mode, the admissions that
+    enforcing would have refused on each instance, and their reasons summed over the instances.
+    None while every model is enforced and nothing was counted."""
+    allocs = [s["allocation"] for s in live]
+    modes: dict[str, str] = {}
+    for alloc in allocs:
+        for model, mode in (alloc.get("modes") or {}).items():
+            modes.setdefault(model, mode)
+    counted = [alloc.get("wouldRefuse") or {} for alloc in allocs]
+    models = [m for m in modes if modes[m] == "shadow" or any(c.get(m) for c in counted)]
+    models += [m for c in counted for m in c if m not in models]
+    if not models:
+        return []
+    policy_mode = next((str(a["mode"]) for a in allocs if a.get("mode")), "-")
+    table = Table(title=f"shadow mode (spec.mode {policy_mode}): admissions enforcing would have refused")
+    table.add_column("model")
+    table.add_column("mode")
+    for label in labels:
+        table.add_column(label, justify="right", min_width=len(label))
+    table.add_column("by reason, all instances")
+    for model in models:
+        reasons: dict[str, int] = {}
+        for c in counted:
+            for reason, n in (c.get(model) or {}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(n)
+        cells = [str(sum(int(n) for n in (c.get(model) or {}).values())) for c in counted]
+        shown = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "-"
+        mode = modes.get(model, "-")
+        table.add_row(model, Text(mode, style="yellow") if mode == "shadow" else mode, *cells, shown)
     return [table]
 
 

@@ -75,7 +75,8 @@ async def sync(
         else:  # someone projected a newer one meanwhile
             stored = await store.load_policy()
     allocation = await store.allocation()
-    return RedisState(store.server, stored[1] if stored else None, allocation), projected
+    shadow = await store.shadow_counts()
+    return RedisState(store.server, stored[1] if stored else None, allocation, shadow), projected
 
 
 __all__ = ["StoreUnavailable", "Stores", "sync"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from limiter.core.membership import AllocationRecord
-from limiter.k8s.status import CONDITION_TYPES, Condition, PolicyStatus, PoolStatus
+from limiter.k8s.status import CONDITION_TYPES, Condition, PolicyStatus, PoolStatus, ShadowStatus, WouldRefuse
 
 from .builders import ParsedPolicy
 
@@ -60,6 +60,8 @@ class RedisState:
     """The generation of the projected policy, None when none is."""
     allocation: AllocationRecord | None
     """The allocation record, None before any instance registered."""
+    shadow_counts: Mapping[str, int] | None = None
+    """The fleet's shadow totals: reason -> admissions that enforcing would have refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,21 @@ def _pools(allocation: AllocationRecord) -> list[PoolStatus] | None:
         for model, pool in allocation.pools.items()
     ]
     return pools or None
+
+
+def _shadow(policy: ParsedPolicy, redis: RedisState | None) -> ShadowStatus | None:
+    """status.shadow: while a model of the current generation is in shadow, or once shadow
+    admissions were counted (the totals stay after switching back to enforce)."""
+    spec = policy.spec
+    shadow_models = [m.name for m in spec.models if spec.mode_of(m.name) == "shadow"] if spec else []
+    counts = dict(redis.shadow_counts or {}) if redis else {}
+    if not shadow_models and not any(counts.values()):
+        return None
+    return ShadowStatus(
+        mode=spec.mode if spec else None,
+        shadow_models=shadow_models or None,
+        would_refuse=[WouldRefuse(reason=r, count=n) for r, n in sorted(counts.items())] or None,
+    )
 
 
 def _condition(
@@ -228,6 +245,7 @@ def build_status(obs: Observation, previous: Mapping[str, Any] | None, now: str)
         ready_replicas=fleet.ready_replicas if fleet else None,
         instance_count=instances if redis else None,
         pools=_pools(allocation) if allocation else None,
+        shadow=_shadow(policy, redis),
         conditions=[
             _condition(kind, *conditions[kind], generation=gen, previous=before, now=now)
             for kind in CONDITION_TYPES
@@ -244,7 +262,17 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     for key in OWNED_FIELDS:
         if key in desired:
             if current.get(key) != desired[key]:
-                patch[key] = desired[key]
+                patch[key] = _merge(current.get(key), desired[key])
         elif current.get(key) is not None:
             patch[key] = None
     return patch or None
+
+
+def _merge(current: Any, desired: Any) -> Any:
+    """``desired`` as a merge patch over ``current``: an object nested in status (status.shadow)
+    is merged key by key, so a key it no longer has must be sent as None to go."""
+    if not isinstance(current, Mapping) or not isinstance(desired, Mapping):
+        return desired
+    out = {k: _merge(current.get(k), v) for k, v in desired.items()}
+    out.update({k: None for k in current if k not in desired})
+    return out

@@ -141,6 +141,9 @@ class BudgetLedger:
     def __init__(self, spec: PolicySpec, mode: Mode = "local") -> None:
         self.mode: Mode = mode
         self.counters: dict[str, dict[str, WindowCounter]] = {}
+        self.forced: list[tuple[str, str, int]] = []
+        """Granted mode: (model, limit, amount) reserved beyond the grant by :meth:`force_reserve`,
+        to be charged to the fleet's counters (taken by the adapter)."""
         self.update_policy(spec)
 
     def update_policy(self, spec: PolicySpec) -> None:
@@ -180,6 +183,25 @@ class BudgetLedger:
             return Shortfall(model, needs, retry_at)
         for c in counters.values():
             c.used += amounts.get(c.field, 0)
+        return Reservation(
+            model,
+            {c.field: amounts.get(c.field, 0) for c in counters.values()},
+            {c.limit_name: c.window for c in counters.values()},
+        )
+
+    def force_reserve(self, model: str, amounts: Mapping[str, int], now: float) -> Reservation:
+        """Shadow mode: reserve ``amounts`` in every window of ``model`` even beyond the headroom.
+        In granted mode what exceeds the grant is added to it and noted in :attr:`forced`, so the
+        fleet's counters are charged what was really used."""
+        counters = self.counters.get(model, {})
+        for c in counters.values():
+            c.roll(now, self.mode)
+            want = amounts.get(c.field, 0)
+            beyond = max(0, c.used + want - c.capacity) if self.mode == "granted" else 0
+            if beyond:
+                c.capacity += beyond
+                self.forced.append((model, c.limit_name, beyond))
+            c.used += want
         return Reservation(
             model,
             {c.field: amounts.get(c.field, 0) for c in counters.values()},

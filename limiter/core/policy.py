@@ -36,6 +36,11 @@ WINDOW_LIMITS: dict[str, tuple[str, int]] = {
 }
 LIMIT_NAMES: tuple[str, ...] = (*WINDOW_LIMITS, "maxConcurrentRequests")
 
+#: How a policy (or one model) holds work to its limits: ``enforce`` refuses and queues what does
+#: not fit; ``shadow`` admits everything and counts what enforcing would have refused (docs/shadow.md).
+AdmissionMode = Literal["enforce", "shadow"]
+MODES: tuple[str, ...] = ("enforce", "shadow")
+
 #: The largest limit, estimate or reported usage (2^52 = 4503599627370496): a counter plus one more
 #: such amount stays an exact integer (at most 2^53) in Redis's Lua numbers, and no real model's
 #: limit comes near it.
@@ -147,6 +152,8 @@ class ModelSpec(_Model):
     """The model's limits; at least one must be set."""
     upstream: Upstream | None = None
     """Where the proxy forwards requests for this model (optional)."""
+    mode: AdmissionMode | None = None
+    """This model's mode, overriding spec.mode: enforce or shadow. Default: spec.mode."""
 
 
 class Estimate(_Model):
@@ -264,6 +271,10 @@ class PolicySpec(_Model):
     """Redis to use; default: the operator's."""
     credits: CreditSettings | None = None
     """Credit budgets per API key for the LLM proxy; default: not enforced."""
+    mode: AdmissionMode = "enforce"
+    """enforce (default): work that does not fit the limits waits or is refused. shadow: everything
+    is admitted, and what enforcing would have refused is counted (metrics, top, status.shadow).
+    A model's own mode overrides it."""
 
     # -- derived views -------------------------------------------------------------------------
 
@@ -284,6 +295,17 @@ class PolicySpec(_Model):
     def models_of(self, job: JobType) -> list[str]:
         """The models ``job`` may use, in its order of preference."""
         return list(job.models) if job.models is not None else [m.name for m in self.models]
+
+    def mode_of(self, model: str) -> AdmissionMode:
+        """The mode in force for ``model``: its own ``mode``, else the policy's."""
+        for m in self.models:
+            if m.name == model:
+                return m.mode or self.mode
+        return self.mode
+
+    def shadow_models(self) -> frozenset[str]:
+        """The models whose mode in force is ``shadow``."""
+        return frozenset(m.name for m in self.models if (m.mode or self.mode) == "shadow")
 
     @property
     def default_job_type_name(self) -> str:

@@ -70,6 +70,27 @@ class PoolStatus(_StatusModel):
     """Per-instance share of maxConcurrentRequests (capacity / live instances)."""
 
 
+class WouldRefuse(_StatusModel):
+    """How many admissions in shadow mode enforcing would have refused, for one reason."""
+
+    reason: str = Field(min_length=1)
+    """The refusal reason code (docs/shadow.md), e.g. queue_full or a limit such as tokens_per_minute."""
+    count: int = Field(ge=0)
+    """Admissions counted under that reason, summed over the fleet's instances."""
+
+
+class ShadowStatus(_StatusModel):
+    """Shadow mode (spec.mode, models[].mode): what is in shadow and what enforcing would have refused."""
+
+    mode: Literal["enforce", "shadow"] | None = None
+    """spec.mode of the current generation: the policy-wide mode (absent while it is invalid)."""
+    shadow_models: list[str] | None = None
+    """The models whose mode in force is shadow (their own mode, else spec.mode)."""
+    would_refuse: list[WouldRefuse] | None = None
+    """Admissions that enforcing would have refused, by reason, summed over every instance since the
+    policy was created (kept after switching back to enforce)."""
+
+
 class PolicyStatus(_StatusModel):
     """What the operator observed and did for this policy; written by the operator only."""
 
@@ -89,5 +110,7 @@ class PolicyStatus(_StatusModel):
     """Live instances heartbeating in Redis: the N that divides every model's capacity."""
     pools: list[PoolStatus] | None = None
     """Per model, the pool of each instance for the current instance count, in policy order."""
+    shadow: ShadowStatus | None = None
+    """Shadow mode: present while a model is in shadow or shadow admissions were counted."""
     conditions: list[Condition] | None = None
     """Ready, Projected, Degraded and RedisUnavailable."""

@@ -17,9 +17,10 @@ from aiohttp import web
 
 from limiter.core.credits import CreditError, InvalidInput, RequestConflict, UnknownKey
 from limiter.core.policy import CreditSettings
+from limiter.core.refusals import credits_refusal, not_ready
 from limiter.redis.creditstore import CreditStore
 from limiter.redis.plumbing import StoreUnavailable
-from limiter.web.toolkit import bearer_token, retry_after
+from limiter.web.toolkit import bearer_token
 
 log = logging.getLogger("fleet_limiter.keycharge")
 
@@ -77,15 +78,23 @@ class KeyCharge:
         except RequestConflict as exc:
             raise ChargeRefused(409, exc.message) from None
         except (CreditError, StoreUnavailable) as exc:
-            raise ChargeRefused(503, f"credit budgets unavailable: {exc}", {"Retry-After": "1"}) from None
+            refusal = not_ready(f"credit budgets unavailable: {exc}", limit="credits")
+            raise ChargeRefused(
+                503, f"credit budgets unavailable: {exc}", refusal.headers(), **refusal.to_json()
+            ) from None
         if not held.allowed or held.reservation_id is None:
-            retry = held.next_refill_ms / 1000 if held.next_refill_ms else 60
+            refusal = credits_refusal(
+                held.remaining, held.next_refill_ms / 1000 if held.next_refill_ms is not None else None
+            )
+            # Without a refill nothing frees the key: tell OpenAI SDKs not to retry.
+            headers = refusal.headers() or {"x-should-retry": "false"}
             raise ChargeRefused(
                 429,
                 f"the key's credits do not cover this request: it needs {amount} {settings.unit}, "
                 f"{held.remaining} left",
-                retry_after(retry),
+                headers,
                 remaining=held.remaining,
+                **refusal.to_json(),
             )
         return cls(credits, key, held.reservation_id, amount, settings.unit)
 

@@ -42,6 +42,12 @@ class ProxyCollector(Collector):
         rejected = CounterMetricFamily(
             "fleet_limiter_proxy_rejected", "Proxied requests refused with 503 by admission.", labels=labels
         )
+        refusals = CounterMetricFamily(
+            "fleet_limiter_proxy_refusals",
+            "Proxied requests refused with 503 by admission, by reason (queue_full, parallel_limit, "
+            "window_spent, memory_limit).",
+            labels=["model", "reason"],
+        )
         outcomes = CounterMetricFamily(
             "fleet_limiter_proxy_requests",
             "Finished proxied requests by outcome (ok, upstream_4xx, upstream_429, upstream_error, timeout, "
@@ -70,6 +76,8 @@ class ProxyCollector(Collector):
             gauges["queue_limit"].add_metric([m], proxy.queue_limit(m))
             processed.add_metric([m], q.processed)
             rejected.add_metric([m], q.rejected)
+            for reason, n in sorted(q.refusals.items()):
+                refusals.add_metric([m, reason], n)
             for outcome, n in sorted(q.outcomes.items()):
                 outcomes.add_metric([m, outcome], n)
             for kind in ("estimated", "actual"):
@@ -77,4 +85,4 @@ class ProxyCollector(Collector):
             wait.add_metric([m], q.wait.cumulative(), q.wait.total)
             processing.add_metric([m], q.processing.cumulative(), q.processing.total)
         yield from gauges.values()
-        yield from (processed, rejected, outcomes, tokens, wait, processing)
+        yield from (processed, rejected, refusals, outcomes, tokens, wait, processing)

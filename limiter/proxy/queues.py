@@ -74,6 +74,8 @@ class ModelQueue:
         """Requests forwarded to the upstream, whatever it answered."""
         self.rejected = 0
         """Requests refused by admission: queue full, or no slot within the wait."""
+        self.refusals: Counter[str] = Counter()
+        """The refused requests by reason (:class:`limiter.core.refusals.RefusalReason`)."""
         self.outcomes: Counter[str] = Counter()
         """Finished requests by outcome (ok, upstream_error, upstream_429, timeout, rejected, ...)."""
         self.tokens: Counter[str] = Counter()

@@ -28,15 +28,18 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from limiter.core.admission import AdmissionError, NoCapacity, QueueFull, Ticket, UnknownLease
+from limiter.core.admission import AdmissionError, NoCapacity, Ticket, UnknownLease
 from limiter.core.budgets import clamp_usage
 from limiter.core.policy import ModelSpec, PolicySpec
+from limiter.core.refusals import Limit, Refusal, RefusalReason
+from limiter.core.shadow import PARALLEL_LIMIT, QUEUE_FULL
 from limiter.fleet.instance import LimiterInstance
 from limiter.proxy.keycharge import ChargeRefused, KeyCharge
 from limiter.proxy.queues import ModelQueue
 from limiter.proxy.upstream import UpstreamKeyMissing, api_key, error_response, forward
 from limiter.proxy.wire import Route, body_problem, estimate_tokens, wants_stream, with_stream_usage
 from limiter.redis.creditstore import CreditStore
+from limiter.web.leases import model_rate_limit_headers
 from limiter.web.toolkit import BadRequest, SlowBody, parse_json_object, read_raw
 
 log = logging.getLogger("fleet_limiter.proxy")
@@ -143,6 +146,10 @@ class Proxy:
         request holds a lease or a reservation. A request that would have to wait while the
         model's queue is full (``queue_limit``) is refused at once. On success the caller holds a
         place through the gate (``q.leave()`` when done) and the lease.
+
+        A model in shadow mode refuses nothing: where the queue is full or the wait at the gate
+        ends, the request goes through the gate beyond ``parallel_limit`` and is counted in the
+        instance's shadow counts (docs/shadow.md).
         """
         inst = self.instance
         loop = asyncio.get_running_loop()
@@ -153,29 +160,43 @@ class Proxy:
         def limit() -> int:
             return self.parallel_limit(q.model)
 
+        shadow = spec is not None and spec.mode_of(q.model) == "shadow"
+        would_refuse: str | None = None
         try:
             if not q.can_enter(limit()):
-                self._refuse_if_full(q)
-                q.queued += 1
-                try:
-                    passed = await q.pass_gate(limit, max_wait)
-                finally:
-                    q.queued -= 1
-                if not passed:
-                    raise NoCapacity(
-                        f"model '{q.model}': no free slot under parallel_limit {limit()} "
-                        f"within {max_wait:g} s",
-                        self.retry_after(q),
-                    )
+                if shadow and q.queued >= self.queue_limit(q.model):
+                    would_refuse = QUEUE_FULL
+                else:
+                    self._refuse_if_full(q)
+                    q.queued += 1
+                    try:
+                        passed = await q.pass_gate(limit, max_wait)
+                    finally:
+                        q.queued -= 1
+                    if not passed and not shadow:
+                        refusal = Refusal(
+                            RefusalReason.PARALLEL_LIMIT,
+                            Limit("parallel_limit", model=q.model, value=limit()),
+                            retry_after=self.retry_after(q),
+                        )
+                        raise NoCapacity(
+                            f"no free slot within {max_wait:g} s: {refusal.message()}",
+                            refusal=refusal,
+                        )
+                    would_refuse = None if passed else PARALLEL_LIMIT
+                if would_refuse is not None:
+                    q.active += 1  # shadow: through the gate beyond parallel_limit
             else:
                 await q.pass_gate(limit, 0.0)  # enters at once: nothing awaited since can_enter
+            wait = 0.0 if would_refuse else max(0.0, deadline - loop.time())
             try:
-                return await self._lease(q, job_type, estimate, max(0.0, deadline - loop.time()))
+                return await self._lease(q, job_type, estimate, wait, would_refuse)
             except BaseException:
                 q.leave()
                 raise
-        except NoCapacity:
+        except NoCapacity as exc:
             q.rejected += 1
+            q.refusals[str(exc.reason)] += 1
             q.outcomes["rejected"] += 1
             raise
         except asyncio.CancelledError:
@@ -185,23 +206,31 @@ class Proxy:
     def _refuse_if_full(self, q: ModelQueue) -> None:
         bound = self.queue_limit(q.model)
         if q.queued >= bound:
-            raise NoCapacity(
-                f"model '{q.model}': queue full ({q.queued} waiting, queue_limit {bound}); retry later",
-                self.retry_after(q),
+            drain = self.retry_after(q)
+            refusal = Refusal(
+                RefusalReason.QUEUE_FULL,
+                Limit("queue_limit", model=q.model, value=bound),
+                retry_after=drain,
+                position=q.queued + 1,
+                estimated_start=drain,
             )
+            raise NoCapacity(refusal.message(), refusal=refusal)
 
-    async def _lease(self, q: ModelQueue, job_type: str, estimate: dict[str, int], wait: float) -> Ticket:
-        """The lease of a request through the gate."""
+    async def _lease(
+        self, q: ModelQueue, job_type: str, estimate: dict[str, int], wait: float, would_refuse: str | None
+    ) -> Ticket:
+        """The lease of a request through the gate (``would_refuse``: shadow mode let it through
+        although enforcing would have refused it, for that reason)."""
         if q.queued >= self.queue_limit(q.model):
             wait = 0.0  # the queue is full: take a free slot now, or be refused, but never wait
         try:
-            return await self.instance.acquire(job_type, [q.model], estimate, wait)
-        except QueueFull as exc:
-            raise NoCapacity(f"model '{q.model}': {exc.message}", self.retry_after(q)) from None
+            return await self.instance.acquire(
+                job_type, [q.model], estimate, wait, shadow_reason=would_refuse
+            )
         except AdmissionError as exc:
             if exc.status != 503:
                 raise
-            raise NoCapacity(f"model '{q.model}': {exc.message}", exc.retry_after) from None
+            raise NoCapacity(f"model '{q.model}': {exc.message}", exc.retry_after, exc.refusal) from None
 
     async def settle(self, ticket: Ticket, actual: dict[str, int] | None) -> None:
         """Release a lease with its actual usage, even from a cancelled handler (shielded)."""
@@ -234,9 +263,13 @@ class Proxy:
         body = parse_json_object(raw, required="a JSON object with a 'model' is required")
         spec = self.instance.spec
         if spec is None or self.session is None:
-            return error_response(
-                route.api, 503, "the instance has not joined the fleet yet", {"Retry-After": "1"}
+            refusal = Refusal(
+                RefusalReason.NOT_READY,
+                Limit("instance"),
+                retry_after=1.0,
+                detail="it has not joined the fleet yet",
             )
+            return error_response(route.api, 503, refusal.message(), refusal.headers(), **refusal.to_json())
         model = self._model(spec, body, route)
         job_type = self._job_type(spec, request, model)
         if problem := body_problem(route, body):
@@ -248,7 +281,7 @@ class Proxy:
             return error_response(route.api, 502, message)
         stream = wants_stream(route, body)
         payload, strip_usage = raw, False
-        if stream and route.api == "openai":
+        if stream and route.asks_stream_usage:
             rewritten, asked = with_stream_usage(body)
             if not asked:
                 payload, strip_usage = json.dumps(rewritten).encode(), True
@@ -259,7 +292,15 @@ class Proxy:
         charge = None
         if spec.credits is not None and spec.credits.enforce:
             if self.credits is None:
-                return error_response(route.api, 503, "credit budgets are not available on this instance")
+                refusal = Refusal(
+                    RefusalReason.NOT_READY,
+                    Limit("credits"),
+                    retry_after=1.0,
+                    detail="credit budgets are not available on this instance",
+                )
+                return error_response(
+                    route.api, 503, refusal.message(), refusal.headers(), **refusal.to_json()
+                )
             try:
                 charge = await KeyCharge.reserve(self.credits, request, spec.credits, tokens)
             except ChargeRefused as exc:
@@ -273,8 +314,12 @@ class Proxy:
         except NoCapacity as exc:
             if charge is not None:
                 await charge.release()
-            retry = str(max(RETRY_AFTER_MIN, math.ceil(exc.retry_after)))
-            return error_response(route.api, 503, exc.message, {"Retry-After": retry}, model=model.name)
+            refusal = exc.refusal or Refusal(
+                RefusalReason.PARALLEL_LIMIT, Limit("parallel_limit", model=model.name), exc.retry_after
+            )
+            return error_response(
+                route.api, 503, exc.message, refusal.headers(), model=model.name, **refusal.to_json()
+            )
         except BaseException:
             if charge is not None:
                 await charge.release()
@@ -285,7 +330,15 @@ class Proxy:
         outcome, actual = "client_gone", None
         try:
             result = await forward(
-                self.session, request, route, model, payload, key=key, stream=stream, strip_usage=strip_usage
+                self.session,
+                request,
+                route,
+                model,
+                payload,
+                key=key,
+                stream=stream,
+                strip_usage=strip_usage,
+                extra_headers=model_rate_limit_headers(self.instance, model.name),
             )
             outcome, actual = result.outcome, result.actual()
             return result.response

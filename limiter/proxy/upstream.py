@@ -144,11 +144,13 @@ async def forward(
     key: str | None,
     stream: bool,
     strip_usage: bool,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Forwarded:
     """Send ``payload`` to the model's upstream and answer the client. Upstream failures become
     502 (refused, reset, 5xx) or 504 (timeout) JSON errors; a stream that breaks after it started
     ends with an error event in the client's wire format. Writing to a client that went away
-    raises (``ConnectionResetError``, or ``CancelledError`` with handler cancellation)."""
+    raises (``ConnectionResetError``, or ``CancelledError`` with handler cancellation).
+    ``extra_headers`` go on a 2xx answer (streamed too: before its first byte), over the upstream's."""
     assert model.upstream is not None
     upstream = model.upstream
     url = target_url(upstream.url, route.path)
@@ -160,7 +162,7 @@ async def forward(
     try:
         async with session.post(url, data=payload, headers=headers, timeout=timeout) as up:
             if stream and up.status == 200:
-                return await _relay(request, up, route, where, strip_usage)
+                return await _relay(request, up, route, where, strip_usage, extra_headers or {})
             raw = await up.read()
     except TimeoutError:
         message = f"{where} did not answer within {upstream.timeout_seconds:g} s (upstream.timeoutSeconds)"
@@ -184,6 +186,8 @@ async def forward(
             reached=True,
         )
     response = web.Response(body=raw, status=up.status, headers=_passed_headers(up))
+    if 200 <= up.status < 300:
+        response.headers.update(extra_headers or {})
     if up.status == 429:
         return Forwarded(response, "upstream_429", reached=True)
     if up.status >= 400:
@@ -192,11 +196,19 @@ async def forward(
 
 
 async def _relay(
-    request: web.Request, up: aiohttp.ClientResponse, route: Route, where: str, strip_usage: bool
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    route: Route,
+    where: str,
+    strip_usage: bool,
+    extra_headers: Mapping[str, str],
 ) -> Forwarded:
     """Pass a 200 stream through, reading its usage on the way."""
-    relay: SseRelay | NdjsonRelay = SseRelay(strip_usage) if route.api == "openai" else NdjsonRelay()
+    relay: SseRelay | NdjsonRelay = (
+        SseRelay(strip_usage, responses=route.kind == "response") if route.api == "openai" else NdjsonRelay()
+    )
     response = web.StreamResponse(status=200, headers=_passed_headers(up))
+    response.headers.update(extra_headers)
     response.headers.setdefault(
         "Content-Type", "text/event-stream" if route.api == "openai" else "application/x-ndjson"
     )
@@ -222,9 +234,8 @@ async def _relay(
     rest = relay.finish()
     if broken is not None:
         # Headers are gone already: the client learns of the failure in its own wire format.
-        if route.api == "openai":
-            event = {"error": {"message": broken, "type": "upstream_error", "code": 502}}
-            rest += b"data: " + json.dumps(event).encode() + b"\n\n"
+        if isinstance(relay, SseRelay):
+            rest += relay.error_event(broken)
         else:
             rest += json.dumps({"error": broken}).encode() + b"\n"
     try:

@@ -2,7 +2,8 @@
 
 * What a request is expected to use (its estimate), read from its JSON body.
 * What a response actually used, read from a JSON answer, an OpenAI server-sent-event (SSE)
-  stream or an Ollama newline-delimited JSON (NDJSON) stream, chunk by chunk as it passes.
+  stream (chat and completion chunks, or the Responses API's typed events) or an Ollama
+  newline-delimited JSON (NDJSON) stream, chunk by chunk as it passes.
 * The ``stream_options.include_usage`` rewrite that makes an OpenAI stream report its usage, and
   the removal of that extra usage event when the client had not asked for it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,15 +32,25 @@ class Route:
     path: str
     api: Api
     """The wire format the client speaks on this path."""
-    kind: Literal["chat", "completion", "embedding", "generate", "show"]
+    kind: Literal["chat", "completion", "response", "embedding", "generate", "show"]
     stream_default: bool
     """Whether a body without ``stream`` streams (Ollama streams by default, OpenAI does not)."""
     can_stream: bool = True
+
+    @property
+    def asks_stream_usage(self) -> bool:
+        """Whether a stream reports its usage only when asked (``stream_options.include_usage``):
+        OpenAI chat and completion streams. A Responses stream always ends with its usage, in
+        ``response.completed``, and its ``stream_options`` take no ``include_usage``."""
+        return self.api == "openai" and self.kind in ("chat", "completion")
 
 
 ROUTES: tuple[Route, ...] = (
     Route("/v1/chat/completions", "openai", "chat", stream_default=False),
     Route("/v1/completions", "openai", "completion", stream_default=False),
+    # The Responses API: ``input`` (a string, or a list of items) and ``instructions`` in,
+    # ``max_output_tokens`` bounds the output; usage from ``usage`` or ``response.completed``.
+    Route("/v1/responses", "openai", "response", stream_default=False),
     Route("/v1/embeddings", "openai", "embedding", stream_default=False, can_stream=False),
     Route("/api/generate", "ollama", "generate", stream_default=True),
     Route("/api/chat", "ollama", "chat", stream_default=True),
@@ -67,6 +79,8 @@ def body_problem(route: Route, body: dict[str, Any]) -> str | None:
     messages = body.get("messages")
     if route.kind == "chat" and messages is not None and not isinstance(messages, list):
         return f"messages: {_shown(messages)} is not valid: expected a list of messages"
+    if route.kind == "response":
+        return _response_body_problem(body)
     if route.api == "openai":
         for name in ("max_tokens", "max_completion_tokens"):
             value = body.get(name)
@@ -88,6 +102,33 @@ def body_problem(route: Route, body: dict[str, Any]) -> str | None:
                 f"options.num_predict: {_shown(value)} is not valid: expected an integer from -2 to "
                 f"{MAX_OUTPUT_TOKENS}"
             )
+    return None
+
+
+def _response_body_problem(body: dict[str, Any]) -> str | None:
+    """What :func:`body_problem` checks of a Responses API body: ``input``, ``instructions`` and
+    ``max_output_tokens`` (with the range of ``max_tokens``)."""
+    items = body.get("input")
+    if items is not None and not isinstance(items, str | list):
+        return f"input: {_shown(items)} is not valid: expected a string or a list of input items"
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            return f"input[{i}]: {_shown(item)} is not valid: expected an input item (an object)"
+        content = item.get("content")
+        if content is not None and not isinstance(content, str | list):
+            return (
+                f"input[{i}].content: {_shown(content)} is not valid: expected a string or a list of "
+                "content parts"
+            )
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        return f"instructions: {_shown(instructions)} is not valid: expected a string"
+    value = body.get("max_output_tokens")
+    if value is not None and not (_whole(value) and 0 <= value <= MAX_OUTPUT_TOKENS):
+        return (
+            f"max_output_tokens: {_shown(value)} is not valid: expected an integer from 0 to "
+            f"{MAX_OUTPUT_TOKENS}"
+        )
     return None
 
 
@@ -114,8 +155,21 @@ def _text_chars(value: Any) -> int:
     return 0
 
 
+def _item_chars(item: Any) -> int:
+    """Characters of text in one Responses API input item: a message's ``content`` (a string or
+    content parts with ``text``), a tool call's ``arguments``, a tool result's ``output``, a
+    reasoning item's ``summary``; images and files count nothing (as in chat messages)."""
+    if not isinstance(item, dict):
+        return 0
+    return sum(_text_chars(item.get(k)) for k in ("content", "text", "arguments", "output", "summary"))
+
+
 def prompt_chars(route: Route, body: dict[str, Any]) -> int:
     """Characters of prompt text the request sends."""
+    if route.kind == "response":
+        items = body.get("input")
+        text = _text_chars(items) if isinstance(items, str) else sum(map(_item_chars, items or []))
+        return text + _text_chars(body.get("instructions"))
     if route.kind == "chat":
         return sum(_text_chars(m) for m in body.get("messages") or [] if isinstance(m, dict))
     if route.kind == "embedding":
@@ -131,9 +185,12 @@ def _positive_int(value: Any) -> int | None:
 
 def max_output_tokens(route: Route, body: dict[str, Any]) -> int | None:
     """The most tokens the request lets the model generate, if it says (``max_completion_tokens``,
-    ``max_tokens`` times ``n`` choices; Ollama's ``options.num_predict``)."""
+    ``max_tokens`` times ``n`` choices; the Responses API's ``max_output_tokens``; Ollama's
+    ``options.num_predict``)."""
     if route.kind in ("embedding", "show"):
         return 0
+    if route.kind == "response":
+        return _positive_int(body.get("max_output_tokens"))
     if route.api == "ollama":
         options = body.get("options")
         return _positive_int(options.get("num_predict")) if isinstance(options, dict) else None
@@ -180,7 +237,8 @@ def _int(value: Any) -> int:
 
 
 def openai_usage_tokens(usage: Any) -> int | None:
-    """Tokens in an OpenAI ``usage`` object: ``total_tokens``, else prompt plus completion."""
+    """Tokens in an OpenAI ``usage`` object: ``total_tokens``, else prompt plus completion (the
+    Responses API's input plus output)."""
     if not isinstance(usage, dict):
         return None
     total = usage.get("total_tokens")
@@ -188,7 +246,14 @@ def openai_usage_tokens(usage: Any) -> int | None:
         return total
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         return _int(usage.get("prompt_tokens")) + _int(usage.get("completion_tokens"))
+    if "input_tokens" in usage or "output_tokens" in usage:
+        return _int(usage.get("input_tokens")) + _int(usage.get("output_tokens"))
     return None
+
+
+#: The events that end a Responses API stream, each with the final response (and its ``usage``).
+RESPONSE_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_SEQUENCE_NUMBER = re.compile(rb'"sequence_number"\s*:\s*(\d{1,18})\b')
 
 
 def ollama_usage_tokens(doc: Any) -> int | None:
@@ -220,13 +285,18 @@ class SseRelay:
 
     :meth:`feed` returns the bytes to send on: every complete event, except the usage-only event
     when ``strip_usage`` (the proxy added ``include_usage``, the client did not ask for it).
+    With ``responses`` it reads a Responses API stream instead: the usage is that of the final
+    response, in ``response.completed`` (or ``response.incomplete``, ``response.failed``).
     """
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, responses: bool = False) -> None:
         self.strip_usage = strip_usage
+        self.responses = responses
         self.tokens: int | None = None
         self.done = False
-        """Whether the stream sent its ``[DONE]`` event."""
+        """Whether the stream sent its ``[DONE]`` event (a Responses stream: its final event)."""
+        self._sequence = -1
+        """The last ``sequence_number`` seen in a Responses stream."""
         self._pending = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
@@ -252,10 +322,30 @@ class SseRelay:
         self._pending.clear()
         return rest if rest.strip() and self._keep(rest) else b""
 
+    def error_event(self, message: str) -> bytes:
+        """The event that tells the client its stream broke (a 502 in OpenAI's error shape, which
+        OpenAI SDKs raise as ``APIError``); in a Responses stream also a Responses ``error``
+        event (``type``, ``code``, ``message``, ``param``, the next ``sequence_number``)."""
+        error = {"message": message, "type": "upstream_error", "code": 502}
+        if not self.responses:
+            return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        event = {
+            "type": "error",
+            "code": "upstream_error",
+            "message": message,
+            "param": None,
+            "sequence_number": self._sequence + 1,
+            "error": error,
+        }
+        return b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n"
+
     def _keep(self, event: bytes) -> bool:
         data = b"\n".join(
             line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
         ).strip()
+        if self.responses:
+            self._response_event(data)
+            return True
         if data == b"[DONE]":
             self.done = True
             return True
@@ -273,6 +363,26 @@ class SseRelay:
         self.tokens = tokens
         # The usage-only event has no choices: drop it for a client that did not ask for it.
         return not (self.strip_usage and not doc.get("choices"))
+
+    def _response_event(self, data: bytes) -> None:
+        """Read one Responses API event: its sequence number, and the final response's usage."""
+        if found := _SEQUENCE_NUMBER.search(data):
+            self._sequence = max(self._sequence, int(found[1]))
+        # Only a final event is parsed (text deltas are many and carry no usage).
+        if not any(b'"' + name.encode() + b'"' in data for name in RESPONSE_FINAL_EVENTS):
+            return
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not isinstance(doc, dict):
+            return
+        response = doc.get("response")
+        if doc.get("type") in RESPONSE_FINAL_EVENTS and isinstance(response, dict):
+            self.done = True
+            tokens = openai_usage_tokens(response.get("usage"))
+            if tokens is not None:
+                self.tokens = tokens
 
 
 class NdjsonRelay:

@@ -4,7 +4,9 @@ Admin routes (``PUT``, ``GET``, ``DELETE /api/keys/{key}``) need the admin token
 (consume, reserve, settle) need nothing but the key in the path: whoever holds a key may spend its
 credits, which is all the key is for (threat model in docs/credits.md). Answers are JSON; errors
 are ``{"error", "status"}`` as everywhere else, and a refusal for lack of credits is a 429 with
-``{"allowed": false, "remaining", "nextRefillSeconds"?}`` and ``Retry-After`` when a refill is due.
+``{"allowed": false, "remaining", "nextRefillSeconds"?}`` plus the refusal's ``reason``
+(``credits_exhausted``), ``limit`` and ``retryAfterSeconds`` (:mod:`limiter.core.refusals`), and
+``Retry-After`` when a refill is due.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from limiter.core.credits import (
     UnknownKey,
     fingerprint,
 )
+from limiter.core.refusals import credits_refusal, not_ready
 from limiter.redis.creditstore import CreditStore
 from limiter.redis.keys import credit_key_id
 from limiter.redis.plumbing import StoreUnavailable
@@ -37,7 +40,6 @@ from limiter.web.toolkit import (
     json_response,
     read_body,
     require_admin,
-    retry_after,
 )
 
 log = logging.getLogger("fleet_limiter.credits")
@@ -91,7 +93,8 @@ def _credit_errors(handler: Handler) -> Handler:
         except CreditError as exc:
             return json_error(exc.status, exc.message)
         except StoreUnavailable as exc:
-            return json_error(503, f"credits are unavailable: {exc}", {"Retry-After": "1"})
+            refusal = not_ready(f"credits are unavailable: {exc}", limit="credits")
+            return json_error(503, f"credits are unavailable: {exc}", refusal.headers(), **refusal.to_json())
         except (BadRequest, Unauthorized, web.HTTPException):
             raise  # the app's middleware answers these
         except Exception:
@@ -103,10 +106,11 @@ def _credit_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _refusal_headers(next_refill_seconds: float | None) -> dict[str, str] | None:
-    if next_refill_seconds is None:
-        return None
-    return retry_after(next_refill_seconds)
+def _refused(doc: dict[str, Any]) -> web.Response:
+    """A 429 for lack of credits: the answer's fields plus the refusal's (``reason``
+    ``credits_exhausted``, ``limit``, ``retryAfterSeconds``), ``Retry-After`` when a refill is due."""
+    refusal = credits_refusal(int(doc["remaining"]), doc.get("nextRefillSeconds"))
+    return json_response({**doc, **refusal.to_json()}, status=429, headers=refusal.headers() or None)
 
 
 def _store(request: web.Request) -> CreditStore:
@@ -147,7 +151,7 @@ async def consume(request: web.Request) -> web.StreamResponse:
     doc: dict[str, Any] = answer.to_json()
     if answer.allowed:
         return json_response(doc)
-    return json_response(doc, status=429, headers=_refusal_headers(doc.get("nextRefillSeconds")))
+    return _refused(doc)
 
 
 @_credit_errors
@@ -159,7 +163,7 @@ async def reserve(request: web.Request) -> web.StreamResponse:
     doc = answer.to_json()
     if answer.allowed:
         return json_response(doc)
-    return json_response(doc, status=429, headers=_refusal_headers(doc.get("nextRefillSeconds")))
+    return _refused(doc)
 
 
 @_credit_errors

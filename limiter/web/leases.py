@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from limiter.core.policy import MAX_AMOUNT, MAX_MEMORY_KB
+from limiter.core.ratelimit import minute_windows, rate_limit_headers
 from limiter.fleet.instance import LimiterInstance
 from limiter.web.toolkit import json_response, read_body
 
@@ -47,6 +48,16 @@ class ReleaseBody(_Body):
     actual: ActualBody | None = None
 
 
+def model_rate_limit_headers(instance: LimiterInstance, model: str | None) -> dict[str, str]:
+    """The rate-limit headers of ``model``'s minute limits as ``instance`` sees them now
+    (:mod:`limiter.core.ratelimit`); empty before the instance has joined or for a model without
+    minute limits."""
+    grants = instance.grants
+    if grants is None or model is None:
+        return {}
+    return rate_limit_headers(minute_windows(grants.ledger, model, grants.seen, instance.clock.now()))
+
+
 async def acquire(request: web.Request) -> web.Response:
     body = await read_body(request, AcquireBody)
     inst = request.app[INSTANCE]
@@ -64,7 +75,8 @@ async def acquire(request: web.Request) -> web.Response:
             "reserved": ticket.reserved,
             "borrowed": ticket.borrowed,
             "instanceId": inst.instance_id,
-        }
+        },
+        headers=model_rate_limit_headers(inst, ticket.model),
     )
 
 

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from limiter.core.policy import WINDOW_LIMITS
+from limiter.core.shadow import SHADOW_REASONS
 from limiter.core.stats import REFUSAL_REASONS, Histogram
 from limiter.fleet.instance import LimiterInstance
 from limiter.redis.creditstore import CreditStore
@@ -41,6 +42,7 @@ class InstanceCollector(Collector):
         if self.instance.manager is not None:
             yield from self._slots()
             yield from self._admissions()
+        yield from self._shadow()
         yield from self._budgets()
 
     def _fleet(self) -> Iterator[Metric]:
@@ -166,6 +168,37 @@ class InstanceCollector(Collector):
         for job in sorted(set(manager.types) | set(stats.waits)):
             _histogram(waits, [job], stats.wait_histogram(job))
         yield waits
+
+    def _shadow(self) -> Iterator[Metric]:
+        inst = self.instance
+        spec = inst.spec
+        if spec is None:
+            return
+        mode = GaugeMetricFamily(
+            "fleet_limiter_shadow_mode",
+            "1 while the model is in shadow mode (everything admitted), 0 while it is enforced.",
+            labels=["model"],
+        )
+        for m in spec.models:
+            mode.add_metric([m.name], 1.0 if spec.mode_of(m.name) == "shadow" else 0.0)
+        yield mode
+        counts = inst.shadow.would_refuse
+        refusals = CounterMetricFamily(
+            "fleet_limiter_shadow_refusals",
+            "Admissions in shadow mode that enforcing would have refused, by refusal reason.",
+            labels=["model", "job_type", "reason"],
+        )
+        # The series of models in shadow start at 0, so rate() and increase() see the first one.
+        known = {
+            (model, job.name, reason)
+            for job in spec.job_types
+            for model in spec.models_of(job)
+            if spec.mode_of(model) == "shadow"
+            for reason in SHADOW_REASONS
+        }
+        for key in sorted(known | set(counts)):
+            refusals.add_metric(list(key), counts[key])
+        yield refusals
 
     def _budgets(self) -> Iterator[Metric]:
         inst = self.instance

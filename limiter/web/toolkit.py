@@ -2,7 +2,8 @@
 
 Every answer is JSON; every error is ``{"error": message, "status": code}`` with the right status:
 400 for a bad body, 401 for a missing admin token, 404 for an unknown job type, lease or route, 503
-with ``Retry-After`` when no slot can be had, never a traceback. Routes raise the exceptions below
+with ``Retry-After`` when no slot can be had (and the refusal's ``reason``, ``limit`` and
+``retryAfterSeconds``, :mod:`limiter.core.refusals`), never a traceback. Routes raise the exceptions below
 or an :class:`~limiter.core.admission.AdmissionError`, and :func:`errors_as_json` answers them.
 """
 
@@ -149,6 +150,14 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def admission_error(exc: AdmissionError) -> web.Response:
+    """The JSON answer of a refused acquire: ``error``, ``status`` and, for a refusal, the fields of
+    :meth:`limiter.core.refusals.Refusal.to_json` and its ``Retry-After`` headers."""
+    if exc.refusal is not None:
+        return json_error(exc.status, exc.message, exc.refusal.headers(), **exc.refusal.to_json())
+    return json_error(exc.status, exc.message, retry_after(exc.retry_after) if exc.status == 503 else None)
+
+
 @web.middleware
 async def errors_as_json(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -163,9 +172,7 @@ async def errors_as_json(
     except SlowBody as exc:
         return json_error(408, str(exc), {"Connection": "close"})
     except AdmissionError as exc:
-        return json_error(
-            exc.status, exc.message, retry_after(exc.retry_after) if exc.status == 503 else None
-        )
+        return admission_error(exc)
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, f"body: larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException as exc:

@@ -147,6 +147,8 @@ async def test_refused_consume_is_429_with_remaining_and_next_refill(
     status, doc, headers = await consume(session, three.url(1), key, {"cost": 5})
     assert status == 429 and doc["allowed"] is False and doc["remaining"] == 4
     assert 0 < doc["nextRefillSeconds"] <= 30 and 1 <= int(headers["Retry-After"]) <= 30
+    assert doc["reason"] == "credits_exhausted" and doc["limit"] == {"name": "credits", "value": 4}
+    assert doc["retryAfterSeconds"] == int(headers["Retry-After"])
     await put_key(session, three.url(0), plain, credits=4)
     status, doc, headers = await consume(session, three.url(2), plain, {"cost": 5})
     assert (
@@ -155,6 +157,7 @@ async def test_refused_consume_is_429_with_remaining_and_next_refill(
         and "nextRefillSeconds" not in doc
         and "Retry-After" not in headers
     )
+    assert doc["reason"] == "credits_exhausted" and doc["retryAfterSeconds"] is None  # no refill: never
 
 
 async def test_retries_with_a_request_id_charge_once_on_any_instance(

@@ -5,6 +5,14 @@ server running in a thread of its own:
 
 * OpenAI-compatible ``POST /v1/chat/completions``, ``/v1/completions`` (JSON, or SSE when
   ``stream``, with a usage event when ``stream_options.include_usage``) and ``/v1/embeddings``;
+* the OpenAI Responses API ``POST /v1/responses``: a ``response`` object (one assistant message,
+  ``usage`` with ``input_tokens``, ``output_tokens``, ``total_tokens``), or with ``stream`` the
+  typed SSE events of OpenAI's API reference (``event: <type>`` and ``data`` with ``type`` and
+  ``sequence_number``): ``response.created``, ``response.in_progress``,
+  ``response.output_item.added``, ``response.content_part.added``, ``response.output_text.delta``
+  per chunk, ``response.output_text.done``, ``response.content_part.done``,
+  ``response.output_item.done``, ``response.completed`` (the final response with its usage; no
+  ``[DONE]``, as in the real API);
 * Ollama ``POST /api/generate`` and ``/api/chat`` (NDJSON streams by default, JSON with
   ``"stream": false``), reporting ``prompt_eval_count`` and ``eval_count``; ``/api/embed``
   (reporting ``prompt_eval_count``) and ``/api/show`` (canned metadata).
@@ -48,6 +56,8 @@ class Behaviour:
     retry_after: str | None = None
     drop: Literal["before", "mid-stream"] | None = None
     """Close the connection before answering, or after the first stream chunk."""
+    responses_final: bool = True
+    """False: a Responses stream ends (cleanly) without its ``response.completed`` event."""
 
 
 @dataclass
@@ -114,6 +124,7 @@ class FakeLLMServer:
             "/v1/chat/completions",
             "/v1/completions",
             "/v1/embeddings",
+            "/v1/responses",
             "/api/generate",
             "/api/chat",
             "/api/embed",
@@ -190,11 +201,12 @@ class FakeLLMServer:
             headers={"Content-Type": "application/x-ndjson" if ollama else "text/event-stream"}
         )
         await response.prepare(request)
-        lines = (
-            self._ollama_stream(request.path, model, how)
-            if ollama
-            else self._sse(request.path, model, how, body)
-        )
+        if ollama:
+            lines = self._ollama_stream(request.path, model, how)
+        elif request.path == "/v1/responses":
+            lines = self._response_events(model, how, body)
+        else:
+            lines = self._sse(request.path, model, how, body)
         for i, line in enumerate(lines):
             if i and how.chunk_delay:
                 await asyncio.sleep(how.chunk_delay)
@@ -214,9 +226,99 @@ class FakeLLMServer:
             "total_tokens": how.prompt_tokens + how.completion_tokens,
         }
 
+    @staticmethod
+    def _response(model: str, how: Behaviour, body: dict[str, Any], text: str | None) -> dict[str, Any]:
+        """A Responses API ``response`` object: completed with one message of ``text``, or (None)
+        in progress without output or usage."""
+        doc: dict[str, Any] = {
+            "id": "resp_fake1",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress" if text is None else "completed",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": model,
+            "output": [],
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": None,
+            "user": None,
+            "metadata": {},
+        }
+        if text is not None:
+            doc["output"] = [FakeLLMServer._response_message(text, "completed")]
+            if how.report_usage:
+                doc["usage"] = {
+                    "input_tokens": how.prompt_tokens,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": how.completion_tokens,
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": how.prompt_tokens + how.completion_tokens,
+                }
+        return doc
+
+    @staticmethod
+    def _response_message(text: str | None, status: str) -> dict[str, Any]:
+        content = (
+            [] if text is None else [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+        )
+        return {
+            "id": "msg_fake1",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+
+    def _response_events(self, model: str, how: Behaviour, body: dict[str, Any]) -> list[bytes]:
+        deltas = [f"tok{i} " for i in range(how.chunks)]
+        text = "".join(deltas)
+        where = {"item_id": "msg_fake1", "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        started = self._response(model, how, body, None)
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": started},
+            {"type": "response.in_progress", "response": started},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": self._response_message(None, "in_progress"),
+            },
+            {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+            *({"type": "response.output_text.delta", **where, "delta": d, "logprobs": []} for d in deltas),
+            {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+            {"type": "response.content_part.done", **where, "part": part},
+            {
+                "type": "response.output_item.done",
+                "output_index": 0,
+                "item": self._response_message(text, "completed"),
+            },
+        ]
+        if how.responses_final:
+            events.append({"type": "response.completed", "response": self._response(model, how, body, text)})
+        return [
+            f"event: {e['type']}\n".encode()
+            + b"data: "
+            + json.dumps({**e, "sequence_number": i}).encode()
+            + b"\n\n"
+            for i, e in enumerate(events)
+        ]
+
     def _whole(self, path: str, model: str, how: Behaviour, body: dict[str, Any]) -> dict[str, Any]:
         text = " ".join(f"tok{i}" for i in range(how.chunks))
         now = int(time.time())
+        if path == "/v1/responses":
+            return self._response(model, how, body, text)
         if path == "/v1/embeddings":
             inputs = body.get("input")
             count = len(inputs) if isinstance(inputs, list) and not isinstance(inputs[0], int) else 1

@@ -39,6 +39,8 @@ async def test_client_job_releases_with_reported_usage_and_on_errors(fleet: Flee
         with pytest.raises(NoCapacity) as info:
             await client.acquire("summary", wait_seconds=0.2)
         assert info.value.status == 503 and info.value.retry_after >= 1
+        assert info.value.reason == "parallel_limit" and info.value.limit is not None
+        assert info.value.limit["name"] == "slots" and info.value.limit["jobType"] == "summary"
         with pytest.raises(LimiterError) as bad:
             await client.acquire("nope")
         assert bad.value.status == 404 and "unknown job type 'nope'" in bad.value.message

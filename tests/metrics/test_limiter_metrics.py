@@ -49,8 +49,8 @@ def test_admissions_refusals_and_waits_per_job_type(limiter_scrape: str, used_in
     # chat: two leases over the lease API and one proxied request; batch: its slots filled.
     assert value(text, "fleet_limiter_admissions_total", job_type="chat", model=MODEL) == 3
     assert value(text, "fleet_limiter_admissions_total", job_type="batch", model=MODEL) == batch_slots
-    assert value(text, "fleet_limiter_refusals_total", job_type="batch", reason="no_wait") == 1
-    assert value(text, "fleet_limiter_refusals_total", job_type="batch", reason="timeout") == 1
+    # Both refusals of batch (one at once, one after its wait) are its full slots.
+    assert value(text, "fleet_limiter_refusals_total", job_type="batch", reason="parallel_limit") == 2
     assert value(text, "fleet_limiter_refusals_total", job_type="batch", reason="queue_full") == 0
     assert value(text, "fleet_limiter_refusals_total", job_type="", reason="invalid") == 1  # unknown type
     # Waits: every grant, and the wait that timed out (0.3 s); refusals at once are not waits.
@@ -126,8 +126,8 @@ def test_refusal_reasons_queue_full_and_budget(fleet: Fleet, redis_server: Redis
     assert answers == [503]
     text = inst.get("/metrics")
     assert value(text, "fleet_limiter_refusals_total", job_type="only", reason="queue_full") == 1
-    assert value(text, "fleet_limiter_refusals_total", job_type="only", reason="budget") == 1
-    assert value(text, "fleet_limiter_refusals_total", job_type="only", reason="timeout") == 0
+    assert value(text, "fleet_limiter_refusals_total", job_type="only", reason="window_spent") == 1
+    assert value(text, "fleet_limiter_refusals_total", job_type="only", reason="parallel_limit") == 0
     assert value(text, "fleet_limiter_admissions_total", job_type="only", model="m") == 1
     assert 3 <= value(text, "fleet_limiter_acquire_wait_seconds_sum", job_type="only") < 10
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
@@ -43,6 +44,46 @@ def spec(
         "jobTypes": job_types or [{"name": "chat", "ratio": 1.0, "estimate": {"tokens": 500}}],
         **extra,
     }
+
+
+def start_proxy(
+    fleet: Fleet,
+    policy: str,
+    models: list[dict[str, Any]],
+    job_types: list[dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Instance:
+    """One instance of a policy of its own (``policy``) proxying ``models``, with the admin token."""
+    fleet.write_policy(policy, spec(models, job_types))
+    (inst,) = fleet.start(1, env={**ENV, **(env or {})})
+    return inst
+
+
+def day_tokens_used(inst: Instance, name: str) -> int:
+    """Tokens the model's current day window has used on this instance (reservations settled)."""
+    return int(inst.allocation()["budgets"][name]["tokensPerDay"]["used"])
+
+
+def openai_client(inst: Instance, job_type: str | None = None) -> openai.OpenAI:
+    """The real OpenAI SDK pointed at the instance. ``max_retries=0``: the SDK would retry 5xx on
+    its own and hide what the proxy answered."""
+    headers = {"X-Job-Type": job_type} if job_type else None
+    return openai.OpenAI(
+        base_url=inst.url + "/v1", api_key="client-key", max_retries=0, timeout=30, default_headers=headers
+    )
+
+
+def async_openai_client(inst: Instance) -> openai.AsyncOpenAI:
+    """The SDK's async client, as :func:`openai_client`."""
+    return openai.AsyncOpenAI(base_url=inst.url + "/v1", api_key="client-key", max_retries=0, timeout=30)
+
+
+def metric(inst: Instance, name: str, labels: str) -> float:
+    """One sample of /metrics (0 when absent); ``labels`` as exposed: ``model="m",reason="r"``."""
+    status, text, _ = http("GET", inst.url + "/metrics")
+    assert status == 200
+    prefix = f"{name}{{{labels}}} "
+    return next((float(x.removeprefix(prefix)) for x in text.splitlines() if x.startswith(prefix)), 0.0)
 
 
 def stats(inst: Instance, name: str) -> dict[str, Any]:

@@ -35,7 +35,10 @@ async def test_parallel_one_queue_two_burst_of_ten(fleet: Fleet, llm: FakeLLMSer
     for a in refused:
         assert int(a.headers["Retry-After"]) >= 1
         assert a.seconds < 0.5, "a full queue must refuse at once"
-        assert "queue full" in a.json()["error"]["message"]
+        doc = a.json()
+        assert doc["reason"] == "queue_full" and "is full" in doc["error"]["message"]
+        assert doc["limit"] == {"name": "queue_limit", "model": "burst", "value": 2}
+        assert doc["retryAfterSeconds"] == int(a.headers["Retry-After"]) and doc["position"] == 3
     assert llm.peak["burst"] == 1
     settled(inst, "burst")
     doc = stats(inst, "burst")
@@ -192,9 +195,9 @@ async def test_admin_bounds_hold_on_every_model_and_waiting_holds_no_lease(
     assert (len(ok), len(refused)) == (3, 7), [a.status for a in answers]
     for a in refused:
         assert a.seconds < 0.5, "a full queue must refuse at once, holding nothing"
-        assert (
-            "queue full" in a.json()["error"]["message"] and "queue_limit 2" in a.json()["error"]["message"]
-        )
+        doc = a.json()
+        assert doc["reason"] == "queue_full" and doc["limit"]["name"] == "queue_limit"
+        assert doc["limit"]["value"] == 2 and "is full (2 waiting)" in doc["error"]["message"]
     assert llm.peak[name] == 1
     # Waiting requests hold no lease: never more leases than requests forwarding (parallel_limit 1).
     assert seen == {"leases": 1, "waiting": 2, "active": 1}, seen

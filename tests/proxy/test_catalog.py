@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.proxy.conftest import ENV, model, settled, spec
+from tests.proxy.conftest import day_tokens_used, model, openai_client, settled, start_proxy
 from tests.support.fleet import Fleet, Instance
 from tests.support.http import http
 from tests.support.waiting import wait_until
@@ -25,23 +25,20 @@ DAY = {"tokensPerDay": 10_000_000, "maxConcurrentRequests": 8}
 @pytest.fixture(scope="module")
 def proxy(module_fleet: Fleet, module_llm: FakeLLMServer) -> Iterator[Instance]:
     url = module_llm.url
-    module_fleet.write_policy(
+    yield start_proxy(
+        module_fleet,
         "proxy-catalog",
-        spec(
-            [
-                model("gpt-cat", url, limits=DAY),
-                model("llama-cat:8b", url, "ollama", limits=DAY),
-                model("embed-cat", url, "ollama", limits=DAY),
-                {"name": "not-proxied", "limits": {"maxConcurrentRequests": 2}},
-            ],
-            job_types=[
-                {"name": "chat", "ratio": 0.5, "estimate": {"tokens": 500}},
-                {"name": "embedder", "ratio": 0.5, "estimate": {"tokens": 50}, "models": ["embed-cat"]},
-            ],
-        ),
+        [
+            model("gpt-cat", url, limits=DAY),
+            model("llama-cat:8b", url, "ollama", limits=DAY),
+            model("embed-cat", url, "ollama", limits=DAY),
+            {"name": "not-proxied", "limits": {"maxConcurrentRequests": 2}},
+        ],
+        job_types=[
+            {"name": "chat", "ratio": 0.5, "estimate": {"tokens": 500}},
+            {"name": "embedder", "ratio": 0.5, "estimate": {"tokens": 50}, "models": ["embed-cat"]},
+        ],
     )
-    (inst,) = module_fleet.start(1, env=ENV)
-    yield inst
 
 
 @pytest.fixture
@@ -56,17 +53,6 @@ def ollama_client(proxy: Instance) -> Iterator[Callable[..., ollama.Client]]:
     yield make
     for client in made:
         client.close()
-
-
-def tokens_used(inst: Instance, name: str) -> int:
-    return int(inst.allocation()["budgets"][name]["tokensPerDay"]["used"])
-
-
-def openai_client(inst: Instance, job_type: str | None = None) -> openai.OpenAI:
-    headers = {"X-Job-Type": job_type} if job_type else None
-    return openai.OpenAI(
-        base_url=inst.url + "/v1", api_key="k", max_retries=0, timeout=30, default_headers=headers
-    )
 
 
 def test_openai_models_lists_every_proxied_model(proxy: Instance) -> None:
@@ -131,12 +117,12 @@ def test_ollama_embed_takes_a_lease_and_settles_usage(
     proxy: Instance, module_llm: FakeLLMServer, ollama_client: Callable[..., ollama.Client]
 ) -> None:
     client = ollama_client(**{"X-Job-Type": "embedder"})
-    before = tokens_used(proxy, "embed-cat")
+    before = day_tokens_used(proxy, "embed-cat")
     answer = client.embed(model="embed-cat", input=["x" * 400, "y" * 400])
     assert len(answer.embeddings) == 2 and answer.prompt_eval_count == 11
     settled(proxy, "embed-cat")
     # 200 reserved (800 characters / 4), 11 reported used: the lease settled with the usage.
-    assert tokens_used(proxy, "embed-cat") - before == 11
+    assert day_tokens_used(proxy, "embed-cat") - before == 11
     seen = module_llm.received("embed-cat")[-1]
     assert seen.path == "/api/embed" and seen.headers.get("X-Job-Type") is None
     stats = proxy.get("/queue/stats?model=embed-cat")["models"]["embed-cat"]

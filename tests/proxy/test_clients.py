@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.fakes.llm_server import FakeLLMServer
-from tests.proxy.conftest import ENV, model, settled, spec
+from tests.proxy.conftest import day_tokens_used, model, openai_client, settled, start_proxy
 from tests.support.fleet import Fleet, Instance
 from tests.support.http import http
 
@@ -24,69 +24,50 @@ SECRET_KEY = "sk-mounted-from-a-secret"
 @pytest.fixture(scope="module")
 def proxy(module_fleet: Fleet, module_llm: FakeLLMServer) -> Iterator[Instance]:
     url = module_llm.url
-    module_fleet.write_policy(
-        "proxy-clients",
-        spec(
-            [
-                model("chat-sync", url, limits=DAY),
-                model("chat-async", url, limits=DAY),
-                model("ollama-a", url, "ollama", limits=DAY),
-                model("keyed", url, apiKeyEnv="PROXY_TEST_UPSTREAM_KEY"),
-                model("secret-keyed", url, apiKeySecretRef={"name": "llm", "key": "token"}),
-                model("key-missing", url, apiKeyEnv="PROXY_TEST_UNSET_VARIABLE"),
-            ]
-        ),
-    )
-    env = {
-        **ENV,
-        "PROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
-        "FLEET_LIMITER_UPSTREAM_KEY_SECRET_KEYED": SECRET_KEY,
-    }
-    (inst,) = module_fleet.start(1, env=env)
+    models = [
+        model("chat-sync", url, limits=DAY),
+        model("chat-async", url, limits=DAY),
+        model("ollama-a", url, "ollama", limits=DAY),
+        model("keyed", url, apiKeyEnv="PROXY_TEST_UPSTREAM_KEY"),
+        model("secret-keyed", url, apiKeySecretRef={"name": "llm", "key": "token"}),
+        model("key-missing", url, apiKeyEnv="PROXY_TEST_UNSET_VARIABLE"),
+    ]
+    env = {"PROXY_TEST_UPSTREAM_KEY": UPSTREAM_KEY, "FLEET_LIMITER_UPSTREAM_KEY_SECRET_KEYED": SECRET_KEY}
+    inst = start_proxy(module_fleet, "proxy-clients", models, env=env)
     yield inst
     assert UPSTREAM_KEY not in inst.log() and SECRET_KEY not in inst.log()
-
-
-def tokens_used(inst: Instance, name: str) -> int:
-    """Tokens the model's current day window has used on this instance (reservations settled)."""
-    return int(inst.allocation()["budgets"][name]["tokensPerDay"]["used"])
-
-
-def sync_client(inst: Instance) -> openai.OpenAI:
-    # max_retries=0: the SDK would retry 5xx on its own and hide what the proxy answered.
-    return openai.OpenAI(base_url=inst.url + "/v1", api_key="client-key", max_retries=0, timeout=30)
 
 
 MESSAGES: list[Any] = [{"role": "user", "content": "x" * 400}]  # 100 tokens by the chars/4 rule
 
 
 def test_openai_sync_chat_settles_actual_usage(proxy: Instance, module_llm: FakeLLMServer) -> None:
-    before = tokens_used(proxy, "chat-sync")
-    with sync_client(proxy) as client:
+    before = day_tokens_used(proxy, "chat-sync")
+    with openai_client(proxy) as client:
         answer = client.chat.completions.create(model="chat-sync", messages=MESSAGES, max_tokens=50)
     assert answer.choices[0].message.content == "tok0 tok1 tok2"
     assert answer.usage is not None and answer.usage.total_tokens == 18
     settled(proxy, "chat-sync")
     # 150 reserved (100 prompt + 50 max_tokens), 18 used: the lease refunded 132.
-    assert tokens_used(proxy, "chat-sync") - before == 18
+    assert day_tokens_used(proxy, "chat-sync") - before == 18
     seen = module_llm.received("chat-sync")[-1]
     assert "Authorization" not in seen.headers  # the client's key is the proxy's business only
     assert seen.body["max_tokens"] == 50
 
 
 def test_openai_sync_stream_gets_usage_without_showing_it(proxy: Instance, module_llm: FakeLLMServer) -> None:
-    before = tokens_used(proxy, "chat-sync")
-    with sync_client(proxy) as client:
+    before = day_tokens_used(proxy, "chat-sync")
+    with openai_client(proxy) as client:
         chunks = list(client.chat.completions.create(model="chat-sync", messages=MESSAGES, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok0 tok1 tok2 "
     assert all(c.choices for c in chunks)  # the usage-only event was dropped: the client did not ask
     assert module_llm.received("chat-sync")[-1].body["stream_options"] == {"include_usage": True}
     settled(proxy, "chat-sync")
-    assert tokens_used(proxy, "chat-sync") - before == 18
+    assert day_tokens_used(proxy, "chat-sync") - before == 18
 
 
 def test_openai_sync_stream_with_usage_asked_for(proxy: Instance) -> None:
-    with sync_client(proxy) as client:
+    with openai_client(proxy) as client:
         stream = client.completions.create(
             model="chat-sync",
             prompt="hello",
@@ -100,7 +81,7 @@ def test_openai_sync_stream_with_usage_asked_for(proxy: Instance) -> None:
 
 
 async def test_openai_async_chat_completions_embeddings_and_stream(proxy: Instance) -> None:
-    before = tokens_used(proxy, "chat-async")
+    before = day_tokens_used(proxy, "chat-async")
     async with openai.AsyncOpenAI(
         base_url=proxy.url + "/v1", api_key="client-key", max_retries=0, timeout=30
     ) as client:
@@ -116,11 +97,11 @@ async def test_openai_async_chat_completions_embeddings_and_stream(proxy: Instan
             parts.append(chunk.choices[0].delta.content or "")
         assert "".join(parts) == "tok0 tok1 tok2 "
     settled(proxy, "chat-async")
-    assert tokens_used(proxy, "chat-async") - before == 18 * 3 + 11
+    assert day_tokens_used(proxy, "chat-async") - before == 18 * 3 + 11
 
 
 def test_ollama_generate_streams_ndjson_and_settles(proxy: Instance) -> None:
-    before = tokens_used(proxy, "ollama-a")
+    before = day_tokens_used(proxy, "ollama-a")
     status, text, headers = http(
         "POST",
         proxy.url + "/api/generate",
@@ -137,7 +118,7 @@ def test_ollama_generate_streams_ndjson_and_settles(proxy: Instance) -> None:
     )
     assert status == 200 and doc["message"]["content"] == "tok0 tok1 tok2" and doc["eval_count"] == 7
     settled(proxy, "ollama-a")
-    assert tokens_used(proxy, "ollama-a") - before == 36
+    assert day_tokens_used(proxy, "ollama-a") - before == 36
 
 
 async def test_ollama_stream_arrives_chunk_by_chunk(proxy: Instance, module_llm: FakeLLMServer) -> None:
@@ -158,7 +139,7 @@ async def test_ollama_stream_arrives_chunk_by_chunk(proxy: Instance, module_llm:
 
 
 def test_upstream_keys_come_from_the_environment(proxy: Instance, module_llm: FakeLLMServer) -> None:
-    with sync_client(proxy) as client:
+    with openai_client(proxy) as client:
         client.chat.completions.create(model="keyed", messages=MESSAGES)
         client.chat.completions.create(model="secret-keyed", messages=MESSAGES)
         with pytest.raises(openai.APIStatusError) as err:

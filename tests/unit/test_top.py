@@ -92,3 +92,19 @@ def test_pools_show_every_limit_column_of_plan_and_the_proxy_queues() -> None:
 
 def test_no_queue_table_without_proxied_models() -> None:
     assert "proxy queues" not in text([snapshot("i-1", 1)])
+
+
+def test_shadow_models_show_their_mode_and_what_enforcing_would_have_refused() -> None:
+    a, b = snapshot("i-1", 1), snapshot("i-2", 2)
+    for snap, counts in ((a, {"m": {"queue_full": 3, "parallel_limit": 1}}), (b, {"m": {"queue_full": 2}})):
+        snap["allocation"].update(mode="shadow", modes={"m": "shadow"}, wouldRefuse=counts)
+    out = text([a, b], width=120)
+    assert "shadow mode (spec.mode shadow)" in out
+    row = next(line for line in out.splitlines() if "parallel_limit 1, queue_full 5" in line)
+    assert [c.strip() for c in row.split("│")[1:-1]][:4] == ["m", "shadow", "4", "2"]
+
+
+def test_no_shadow_table_while_enforcing_with_nothing_counted() -> None:
+    snap = snapshot("i-1", 1)
+    snap["allocation"].update(mode="enforce", modes={"m": "enforce"}, wouldRefuse={})
+    assert "shadow mode" not in text([snap]) and "shadow mode" not in text([snapshot("i-2", 2)])
