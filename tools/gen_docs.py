@@ -1,5 +1,7 @@
-"""Regenerate docs/examples.md (the plan of every example policy for 1, 2 and 3 instances) and the
-benchmark sections of README.md and bench/README.md (bench/report.py, from bench/results/*.json).
+"""Regenerate docs/examples.md (the plan of every example policy for 1, 2 and 3 instances), the
+benchmark sections of README.md and bench/README.md (bench/report.py, from bench/results/*.json) and
+the fault table of docs/fleet.md (tests/faults/report.py: the figures of the last fault test runs are
+collected into docs/faults.json first).
 
 Run `make docs`; tests/unit/test_docs.py fails when a committed file is stale.
 """
@@ -19,6 +21,7 @@ from bench import report
 from limiter.cli import render_plan
 from limiter.core.allocation import compute_allocation
 from limiter.core.policy import load_policy
+from tests.faults import report as faults
 
 OUT = ROOT / "docs" / "examples.md"
 
@@ -47,10 +50,12 @@ def render() -> str:
 
 def documents() -> dict[Path, str]:
     """Every generated document's path and its current text."""
-    return {OUT: render(), **report.render(ROOT)}
+    return {OUT: render(), **report.render(ROOT), **faults.render(ROOT)}
 
 
 if __name__ == "__main__":
+    if "--check" not in sys.argv and faults.collect():
+        print(f"wrote {faults.SUMMARY.relative_to(ROOT)}")
     docs = documents()
     stale = [path for path, text in docs.items() if path.read_text() != text]
     if "--check" in sys.argv:

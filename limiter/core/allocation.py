@@ -7,12 +7,19 @@ For job type j on model m, with N live instances::
                   and the local memory bound:    floor(memoryBudgetKB * ratio_j / estimate_{j,memoryKB})
 
 Every floor is taken over :class:`fractions.Fraction`, never a float: ``floor(100 * 0.29)`` is 29.
+
+Leases still held by the clients of vanished instances (:class:`Held`, docs/fleet.md) are taken off
+the model's capacity before it is divided: ``capacity_d`` above becomes ``capacity_d - held_d``
+(the leases for ``maxConcurrentRequests``, their reserved tokens or requests for the window
+limits), so the live instances' slots and the held leases together never exceed a limit. The
+pools stay the nominal division Redis keeps.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -21,6 +28,33 @@ from limiter.core.policy import WINDOW_LIMITS, JobType, ModelSpec, PolicySpec
 #: Per-instance share fields reported for every model, in display order.
 SHARE_FIELDS: tuple[str, ...] = (*WINDOW_LIMITS, "maxConcurrentRequests")
 MEMORY = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Leases on one model still held by the clients of instances that left the fleet (evicted,
+    or shut down with leases in flight), until they are released or time out."""
+
+    leases: int = 0
+    tokens: int = 0
+    """The tokens those leases reserved."""
+    requests: int = 0
+    """The requests those leases reserved."""
+
+    def of(self, limit: str) -> int:
+        """What the held leases take off ``limit``'s capacity."""
+        if limit == "maxConcurrentRequests":
+            return self.leases
+        return self.tokens if WINDOW_LIMITS[limit][0] == "tokens" else self.requests
+
+    def __add__(self, other: Held) -> Held:
+        return Held(self.leases + other.leases, self.tokens + other.tokens, self.requests + other.requests)
+
+    def to_json(self) -> dict[str, int]:
+        return {"leases": self.leases, "tokens": self.tokens, "requests": self.requests}
+
+
+NOTHING_HELD = Held()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +85,8 @@ class Allocation:
     slots: dict[str, dict[str, SlotShare]]
     """job type -> model -> share; only the models the job type may use."""
     memory_budget_kb: int | None = None
+    held: dict[str, Held] = field(default_factory=dict)
+    """Per model, the leases of vanished instances taken off its capacity (models with none omitted)."""
 
     def slots_of(self, job_type: str, model: str) -> int:
         """Slots of ``job_type`` on ``model`` (0 where it may not use it)."""
@@ -58,7 +94,8 @@ class Allocation:
         return share.slots if share else 0
 
     def to_json(self) -> dict[str, Any]:
-        """The ``allocation`` and ``slotsByJobTypeAndModel`` parts of ``GET /api/debug/allocation``."""
+        """The ``allocation``, ``slotsByJobTypeAndModel`` and ``heldByVanished`` parts of
+        ``GET /api/debug/allocation``."""
         return {
             "allocation": {
                 "instanceCount": self.instance_count,
@@ -74,6 +111,7 @@ class Allocation:
                 }
                 for j, per_model in self.slots.items()
             },
+            "heldByVanished": {m: h.to_json() for m, h in self.held.items()},
         }
 
 
@@ -103,22 +141,20 @@ def job_slots(
     model: ModelSpec,
     instances: int,
     memory_budget_kb: int | None,
+    held: Held = NOTHING_HELD,
 ) -> tuple[int, str]:
-    """``slots[j][m]`` and the limit that binds it."""
+    """``slots[j][m]`` and the limit that binds it, with ``held`` taken off the capacities first."""
     ratio = job.exact_ratio
     limits = model.limits.as_dict()
     candidates: list[tuple[int, str]] = []
-    for limit, (field, _) in WINDOW_LIMITS.items():
+    for limit, (estimate_field, _) in WINDOW_LIMITS.items():
         if limit in limits:
-            estimate = getattr(job.estimate, field)
-            candidates.append((math.floor(Fraction(limits[limit], estimate * instances) * ratio), limit))
+            estimate = getattr(job.estimate, estimate_field)
+            left = max(0, limits[limit] - held.of(limit))
+            candidates.append((math.floor(Fraction(left, estimate * instances) * ratio), limit))
     if "maxConcurrentRequests" in limits:
-        candidates.append(
-            (
-                math.floor(Fraction(limits["maxConcurrentRequests"], instances) * ratio),
-                "maxConcurrentRequests",
-            )
-        )
+        left = max(0, limits["maxConcurrentRequests"] - held.leases)
+        candidates.append((math.floor(Fraction(left, instances) * ratio), "maxConcurrentRequests"))
     if memory_budget_kb is not None and job.estimate.memory_kb > 0:
         candidates.append((math.floor(memory_budget_kb * ratio / job.estimate.memory_kb), MEMORY))
     # Validation guarantees at least one limit; ties name the first limit in policy order.
@@ -130,11 +166,11 @@ def pool_slots(spec: PolicySpec, model: ModelSpec, instances: int) -> int:
     users = [j for j in spec.job_types if model.name in spec.models_of(j)]
     limits = model.limits.as_dict()
     bounds: list[int] = []
-    for limit, (field, _) in WINDOW_LIMITS.items():
+    for limit, (estimate_field, _) in WINDOW_LIMITS.items():
         if limit in limits:
             if not users:
                 return 0
-            average = Fraction(sum(getattr(j.estimate, field) for j in users), len(users))
+            average = Fraction(sum(getattr(j.estimate, estimate_field) for j in users), len(users))
             bounds.append(math.floor(Fraction(limits[limit]) / average / instances))
     if "maxConcurrentRequests" in limits:
         bounds.append(limits["maxConcurrentRequests"] // instances)
@@ -145,26 +181,32 @@ def compute_allocation(
     spec: PolicySpec,
     instances: int,
     memory_budget_kb: int | None = None,
+    held: Mapping[str, Held] | None = None,
 ) -> Allocation:
     """The allocation for one instance out of ``instances``.
 
     ``memory_budget_kb`` defaults to the policy's ``instance.memoryBudgetMB``; a running instance
-    without one passes 80% of its container's memory limit instead.
+    without one passes 80% of its container's memory limit instead. ``held``: per model, the leases
+    of vanished instances, taken off its capacity before it is divided (models not in the policy
+    are ignored).
     """
     if instances < 1:
         raise ValueError(f"instances: {instances} is not valid: at least 1 instance is needed")
     if memory_budget_kb is None and spec.instance.memory_budget_mb is not None:
         memory_budget_kb = spec.instance.memory_budget_mb * 1024
+    names = {m.name for m in spec.models}
+    kept = {m: h for m, h in (held or {}).items() if m in names and h != NOTHING_HELD}
     slots: dict[str, dict[str, SlotShare]] = {}
     for job in spec.job_types:
         per_model: dict[str, SlotShare] = {}
         for name in spec.models_of(job):
             model = spec.model(name)
-            n, binding = job_slots(spec, job, model, instances, memory_budget_kb)
+            held_here = kept.get(name, NOTHING_HELD)
+            n, binding = job_slots(spec, job, model, instances, memory_budget_kb, held_here)
             per_model[name] = SlotShare(n, binding, model_shares(model, instances))
         slots[job.name] = per_model
     pools = {m.name: Pool(pool_slots(spec, m, instances), model_shares(m, instances)) for m in spec.models}
-    return Allocation(instances, pools, slots, memory_budget_kb)
+    return Allocation(instances, pools, slots, memory_budget_kb, kept)
 
 
 def pool_params(spec: PolicySpec) -> dict[str, list[tuple[int, int]]]:
@@ -180,11 +222,11 @@ def pool_params(spec: PolicySpec) -> dict[str, list[tuple[int, int]]]:
         limits = model.limits.as_dict()
         pairs: list[tuple[int, int]] = []
         if users or set(limits) == {"maxConcurrentRequests"}:
-            for limit, (field, _) in WINDOW_LIMITS.items():
+            for limit, (estimate_field, _) in WINDOW_LIMITS.items():
                 if limit in limits:
                     # capacity / (sum / k) = capacity * k / sum
                     per_job = Fraction(
-                        limits[limit] * len(users), sum(getattr(j.estimate, field) for j in users)
+                        limits[limit] * len(users), sum(getattr(j.estimate, estimate_field) for j in users)
                     )
                     pairs.append((per_job.numerator, per_job.denominator))
             if "maxConcurrentRequests" in limits:

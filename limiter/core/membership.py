@@ -7,21 +7,29 @@ The allocation record is the JSON the scripts store under ``fl:{ns/name}:allocat
 on the policy's channel, once per change::
 
     {"instanceCount": 2, "epoch": 7, "generation": 3, "changedAtMs": 1732230000123,
-     "reason": "join", "pools": {"model-alpha": {"totalSlots": 10, "tokensPerMinute": 50000}}}
+     "reason": "join", "pools": {"model-alpha": {"totalSlots": 10, "tokensPerMinute": 50000}},
+     "held": {"model-alpha": {"leases": 4, "tokens": 40000, "requests": 4}}}
 
 ``pools`` is computed in Lua from the pool parameters of :func:`limiter.core.allocation.pool_params`
 with exact integer arithmetic, so ``totalSlots`` equals ``compute_allocation(spec, N)`` exactly.
 The per-instance shares (capacity / N) are doubles, for display: instances recompute exact values
 from the policy and ``instanceCount``.
+
+``held`` sums the *ghosts*: the last lease report (:class:`LeaseReport`) of every instance that left
+the fleet with leases in flight (evicted, replaced by a new process with its id, or shut down before
+its leases ended), until the latest deadline it reported or until it re-joins. Instances take it off
+each model's capacity before dividing (:func:`limiter.core.allocation.compute_allocation`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from limiter.core.allocation import pool_params
+from limiter.core.allocation import Held, pool_params
 from limiter.core.policy import PolicySpec
 
 #: Lua's numbers are doubles: integers are exact only below 2**53.
@@ -55,6 +63,9 @@ class AllocationRecord:
     """What changed, e.g. ``join``, ``leave``, ``evict``, ``rejoin``, ``policy`` (joined with ``+``)."""
     pools: dict[str, PoolRecord]
     """Per model, in policy order; empty while no policy is projected or no instance is live."""
+    held: dict[str, Held] = field(default_factory=dict)
+    """Per model, the leases of vanished instances still counted against it (models with none
+    omitted)."""
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> AllocationRecord:
@@ -73,6 +84,10 @@ class AllocationRecord:
                 )
                 for model, pool in data["pools"].items()
             },
+            held={
+                model: Held(int(h["leases"]), int(h["tokens"]), int(h["requests"]))
+                for model, h in (data.get("held") or {}).items()
+            },
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +99,7 @@ class AllocationRecord:
             "changedAtMs": self.changed_at_ms,
             "reason": self.reason,
             "pools": {m: {"totalSlots": p.total_slots, **p.shares} for m, p in self.pools.items()},
+            "held": {m: h.to_json() for m, h in self.held.items()},
         }
 
 
@@ -145,6 +161,48 @@ def project(spec_json: dict[str, Any]) -> PolicyProjection:
 def timeout_ms(spec: PolicySpec) -> int:
     """The policy's instance timeout in ms, as the membership scripts take it."""
     return max(1, round(spec.instance.instance_timeout_seconds * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    """What an instance's clients hold, sent with every heartbeat (and on leaving).
+
+    Redis keeps the last one; if the instance then vanishes (evicted, or replaced by a new process
+    with its id) it stays as a ghost counted against the fleet until ``until_ms``, or until the
+    same process re-joins (it then counts its leases itself again).
+    """
+
+    incarnation: str
+    """A random id of the process: a new process with the same instance id does not know the old
+    one's leases, so its registration turns them into a ghost instead of forgetting them."""
+    models: dict[str, Held]
+    """Per model with leases in flight: how many, and what they reserved."""
+    until_ms: int
+    """The latest deadline of those leases (grant + ``leaseTimeoutSeconds``), ms of Redis time."""
+
+    def encode(self) -> str:
+        """The report as the scripts store it: compact JSON, or "" when nothing is held."""
+        if not self.models:
+            return ""
+        return json.dumps(
+            {
+                "incarnation": self.incarnation,
+                "untilMs": self.until_ms,
+                "models": {m: h.to_json() for m, h in self.models.items()},
+            },
+            separators=(",", ":"),
+        )
+
+
+def lease_report(incarnation: str, leases: Iterable[tuple[str, int, int, float]]) -> LeaseReport:
+    """The report of ``leases``: ``(model, reserved tokens, reserved requests, deadline)`` each, the
+    deadline in seconds of Redis time."""
+    models: dict[str, Held] = {}
+    until = 0.0
+    for model, tokens, requests, deadline in leases:
+        models[model] = models.get(model, Held()) + Held(1, tokens, requests)
+        until = max(until, deadline)
+    return LeaseReport(incarnation, models, math.ceil(until * 1000))
 
 
 def encode_info(info: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from limiter.core.admission import JobTypeManager
 from limiter.core.budgets import BudgetLedger, Reservation, Settlement
 from limiter.core.clock import Clock
 from limiter.core.policy import WINDOW_LIMITS, PolicySpec
-from limiter.core.windows import BudgetAsk
+from limiter.core.windows import BudgetAsk, BudgetGrant
 from limiter.redis.fleetstore import RedisStore
 from limiter.redis.plumbing import StoreUnavailable
 
@@ -57,6 +57,10 @@ class GrantKeeper:
         self._recent: Counter[tuple[str, str]] = Counter()
         self._pending_charges: list[tuple[str, str, int]] = []
         self._next_pull: dict[str, float] = {}
+        self.refused: dict[str, tuple[str, float]] = {}
+        """model -> the window limit the fleet's last draw refused and when (this clock) it ends."""
+        self.seen: dict[tuple[str, str], tuple[int, int]] = {}
+        """(model, limit) -> (window id, what the fleet had left) at the last draw."""
 
     def update_policy(self, spec: PolicySpec) -> None:
         """A new policy generation: limits change at once, what is held in the windows is kept."""
@@ -104,6 +108,7 @@ class GrantKeeper:
             except StoreUnavailable:
                 await asyncio.sleep(heartbeat)
                 continue
+            self._note_draw(model, asks, grant)
             if grant.ok:
                 now = self.clock.now()
                 stale = [
@@ -132,6 +137,29 @@ class GrantKeeper:
                 await asyncio.sleep(min(grant.retry_after_ms / 1000, heartbeat) + 0.01)
             self.manager.dispatch()
 
+    def _note_draw(self, model: str, asks: list[BudgetAsk], grant: BudgetGrant) -> None:
+        """Keep what the fleet said: what it has left per window, and which window refused."""
+        now = self.clock.now()
+        ends = []
+        for ask, d in zip(asks, grant.dimensions, strict=True):
+            self.seen[(model, d.dimension)] = (d.window_id, d.remaining)
+            if not grant.ok and d.remaining < ask.need:
+                ends.append((d.window_ends_in_ms, d.dimension))
+        if grant.ok:
+            self.refused.pop(model, None)
+        elif ends:
+            ms, limit = max(ends)
+            self.refused[model] = (limit, now + ms / 1000)
+
+    def refused_window(self, model: str) -> tuple[str, float] | None:
+        """The window limit the fleet last refused ``model`` on and the seconds until it ends, or
+        None (not refused, or that window has ended)."""
+        hit = self.refused.get(model)
+        if hit is None:
+            return None
+        left = hit[1] - self.clock.now()
+        return (hit[0], left) if left > 0 else None
+
     # -- spending -------------------------------------------------------------------------------------
 
     def note_reserved(self, reservation: Reservation) -> None:
@@ -148,7 +176,7 @@ class GrantKeeper:
 
     @property
     def charges_pending(self) -> bool:
-        return bool(self._pending_charges)
+        return bool(self._pending_charges or self.ledger.forced)
 
     # -- heartbeat work ---------------------------------------------------------------------------------
 
@@ -181,6 +209,8 @@ class GrantKeeper:
 
     async def charge_pending(self) -> None:
         """Charge overage (and reconciliation) not yet written to Redis; kept on failure."""
+        self._pending_charges += self.ledger.forced  # shadow admissions beyond the grant
+        self.ledger.forced = []
         pending, self._pending_charges = self._pending_charges, []
         by_model: dict[str, list[tuple[str, int]]] = {}
         for model, dim, amount in pending:

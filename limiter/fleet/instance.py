@@ -9,6 +9,11 @@ more when it runs short, and hands back what it did not use on every heartbeat.
 
 When Redis is unavailable the instance keeps admitting only within the slots and grants it already
 holds (never beyond a limit), reports unready, and re-registers and reconciles when Redis returns.
+
+Every heartbeat also reports what this instance's clients hold (a
+:class:`~limiter.core.membership.LeaseReport`). Should the instance vanish, Redis keeps that report as
+its ghost, and every instance takes the ghosts' leases (the allocation record's ``held``) off the
+models' capacity before dividing it, until those leases time out or this process re-joins.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
+import secrets
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
@@ -31,11 +36,13 @@ from limiter.core.admission import (
     Ticket,
     UnknownLease,
 )
-from limiter.core.allocation import Allocation, compute_allocation
+from limiter.core.allocation import Allocation, Held, compute_allocation
 from limiter.core.budgets import usage_problems
 from limiter.core.clock import SystemClock
-from limiter.core.membership import AllocationRecord, MembershipReply
+from limiter.core.membership import AllocationRecord, LeaseReport, MembershipReply, lease_report
 from limiter.core.policy import PolicySpec
+from limiter.core.refusals import Limit, Refusal, RefusalReason
+from limiter.core.shadow import ShadowCounts
 from limiter.core.stats import REDIS_BUCKETS, AcquireStats, Histogram
 from limiter.fleet.grants import GrantKeeper
 from limiter.fleet.memory import default_budget_kb
@@ -76,6 +83,8 @@ class LimiterInstance:
         self.store = store
         self.clock = clock or SystemClock()
         self.instance_id = settings.instance_id
+        self.incarnation = secrets.token_hex(8)
+        """This process among all that ever used :attr:`instance_id` (its ghost's name in Redis)."""
         self.file_spec = spec
         self.spec: PolicySpec | None = None
         self.generation = 0
@@ -83,6 +92,13 @@ class LimiterInstance:
         """The instance count the allocation divides by (see :meth:`_apply_count`)."""
         self.record_count = 1
         """The instance count of the newest allocation record."""
+        self.held: dict[str, Held] = {}
+        """The leases of vanished instances the allocation takes off each model's capacity."""
+        self.record_held: dict[str, Held] = {}
+        """``held`` of the newest allocation record."""
+        self._reported: dict[str, int] = {}
+        """Leases per model in the last lease report Redis took."""
+        self._reporting: asyncio.Task[None] | None = None
         self.settle_until = 0.0
         """Monotonic time until which membership is unsettled (after Redis lost data, an outage or
         this instance's eviction): the count never falls below :attr:`count_floor` before then."""
@@ -106,6 +122,9 @@ class LimiterInstance:
         """Round trips of the Redis calls that succeeded (``fleet_limiter_redis_call_duration_seconds``)."""
         self.acquires = AcquireStats()
         """Admissions, refusals and waits of :meth:`acquire` (``fleet_limiter_admissions_total``, ...)."""
+        self.shadow = ShadowCounts()
+        """Shadow mode: admissions that enforcing would have refused (``fleet_limiter_shadow_refusals_total``,
+        summed over the fleet in Redis for the operator's status)."""
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -178,7 +197,8 @@ class LimiterInstance:
         return generation
 
     def _info(self) -> dict[str, Any]:
-        return {"host": self.settings.host, "port": self.settings.port, "startedAt": time.time()}
+        host = self.settings.advertise_host or self.settings.host
+        return {"host": host, "port": self.settings.port, "startedAt": time.time()}
 
     async def stop(self) -> None:
         """Graceful shutdown: stop taking work, leave the fleet at once, let in-flight leases finish
@@ -192,23 +212,62 @@ class LimiterInstance:
                 self.manager.cancel(t, reason="the instance is shutting down")
         if self.registered:
             with contextlib.suppress(StoreUnavailable):
-                await self._call(self.store.deregister(self.instance_id))
-            self.registered = False
+                await self._send_shadow_counts()
+        left = self.registered
+        reported = await self._leave(None) if left else None
+        self.registered = False
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        beat = self.spec.instance.heartbeat_seconds if self.spec is not None else 1.0
+        next_report = time.monotonic() + beat
         # Polling is simplest here: leases end through HTTP releases, expiry and handler cancellation.
-        while self.manager is not None and self.manager.leases and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.manager is not None and self.manager.leases and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+            if left and time.monotonic() >= next_report:  # the ghost shrinks as the leases end
+                next_report = time.monotonic() + beat
+                reported = await self._leave(reported)
+        if left:
+            # What is still held now stays counted (until it times out): its clients may still run it.
+            await self._leave(reported)
         if self.manager is not None:
             for t in list(self.manager.leases.values()):
                 self.manager.release(t, expired=True)
         if self.grants is not None:
             await self.grants.stop()
-        tasks = [*self._tasks, *self._background]
+        tasks = [*self._tasks, *self._background, *([self._reporting] if self._reporting else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def _leave(self, reported: LeaseReport | None) -> LeaseReport | None:
+        """Deregister (again) with what the clients still hold, when that changed since ``reported``;
+        returns what Redis now holds as this instance's ghost."""
+        report = self._lease_report()
+        if reported is not None and report.models == reported.models:
+            return reported
+        try:
+            await self._call(self.store.deregister(self.instance_id, report))
+        except StoreUnavailable:
+            return reported
+        return report
+
+    def _lease_report(self) -> LeaseReport:
+        """What this instance's clients hold, for Redis: per model, the leases, what they reserved
+        and their latest deadline (grant + leaseTimeoutSeconds, in Redis time)."""
+        if self.manager is None or self.spec is None:
+            return LeaseReport(self.incarnation, {}, 0)
+        # Two heartbeats more: a lease granted in place of a released one before the next report
+        # has a later deadline than the ones reported.
+        timeout = self.spec.instance.lease_timeout_seconds + 2 * self.spec.instance.heartbeat_seconds
+        return lease_report(
+            self.incarnation,
+            (
+                (t.model, t.estimate.get("tokens", 0), t.estimate.get("requests", 0), t.granted_at + timeout)
+                for t in self.manager.leases.values()
+                if t.model is not None and t.granted_at is not None
+            ),
+        )
 
     # -- policy and allocation -------------------------------------------------------------------------
 
@@ -223,7 +282,9 @@ class LimiterInstance:
 
     def _allocation(self) -> Allocation:
         assert self.spec is not None
-        return compute_allocation(self.spec, max(1, self.instance_count), self._memory_budget_kb(self.spec))
+        return compute_allocation(
+            self.spec, max(1, self.instance_count), self._memory_budget_kb(self.spec), self.held
+        )
 
     def _install_policy(self, spec: PolicySpec, generation: int) -> None:
         first = self.spec is None
@@ -240,6 +301,7 @@ class LimiterInstance:
                 budget_grace_seconds=DRAW_GRACE,
             )
             self.grants.manager = self.manager
+            self.manager.fleet_windows = self.grants.refused_window
         else:
             self.grants.update_policy(spec)
             self.manager.set_policy(spec, self._allocation())
@@ -267,6 +329,7 @@ class LimiterInstance:
         if record.generation > self.generation:
             self._spawn(self._reload_policy())
         self.record_count = max(1, record.instance_count)
+        self.record_held = record.held
         self._apply_count(record.reason)
 
     def _settle_seconds(self) -> float:
@@ -288,13 +351,22 @@ class LimiterInstance:
         self.settle_until = now + self._settle_seconds()
 
     def _apply_count(self, reason: str = "settled") -> None:
-        """Divide by the newest record's count, or by the floor while membership is unsettled."""
+        """Divide by the newest record's count, or by the floor while membership is unsettled, what
+        the vanished instances' clients do not hold (the record's ``held``)."""
         count = self.record_count
         if time.monotonic() < self.settle_until:
             count = max(count, self.count_floor)
-        if count != self.instance_count and self.manager is not None:
-            log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, reason)
-            self.instance_count = count
+        held = self.record_held
+        if (count, held) != (self.instance_count, self.held) and self.manager is not None:
+            if count != self.instance_count:
+                log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, reason)
+            if held != self.held:
+                log.info(
+                    "allocation: leases held by vanished instances %s (%s)",
+                    {m: h.leases for m, h in held.items()} or "none",
+                    reason,
+                )
+            self.instance_count, self.held = count, held
             if self.grants is not None:
                 self.grants.instance_count = count
             self.allocation_changes += 1
@@ -359,24 +431,65 @@ class LimiterInstance:
             interval = self.spec.instance.heartbeat_seconds
             started = time.monotonic()
             try:
-                reply = await self._call(self.store.heartbeat(self.instance_id))
-                self._clock_from(reply)
-                self.last_contact = time.monotonic()
-                if reply.changed:
-                    log.warning("instance %s had been evicted; registered again", self.instance_id)
-                    self._unsettled("this instance had been evicted or Redis had lost it")
-                if reply.allocation.generation == 0:
-                    await self._reproject()
-                self._apply_record(reply.allocation)
+                await self._beat()
                 if self.grants is not None:
                     await self.grants.give_back(keep_recent=True)
                     await self.grants.charge_pending()
+                await self._send_shadow_counts()
             except StoreUnavailable:
                 self._unsettled("Redis unavailable")
             except Exception:  # a bug must not stop the heartbeat: log it and keep beating
                 log.exception("heartbeat failed")
             self._apply_count()  # releases the floor once membership has settled
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _send_shadow_counts(self) -> None:
+        """Add this instance's new shadow counts to the fleet's totals in Redis (kept on failure)."""
+        counts = self.shadow.take_unsent()
+        if not counts:
+            return
+        try:
+            await self._call(self.store.add_shadow_counts(counts))
+        except StoreUnavailable:
+            self.shadow.put_back(counts)
+            raise
+
+    async def _beat(self) -> None:
+        """One heartbeat: tell Redis this instance lives and what its clients hold, and follow the
+        allocation it answers with."""
+        report = self._lease_report()
+        reply = await self._call(self.store.heartbeat(self.instance_id, report))
+        self._reported = {m: h.leases for m, h in report.models.items()}
+        self._clock_from(reply)
+        self.last_contact = time.monotonic()
+        if reply.changed:
+            log.warning("instance %s had been evicted; registered again", self.instance_id)
+            self._unsettled("this instance had been evicted or Redis had lost it")
+        if reply.allocation.generation == 0:
+            await self._reproject()
+        self._apply_record(reply.allocation)
+
+    def _rising(self) -> bool:
+        """Whether the clients hold more leases on some model than the last report says."""
+        if self.manager is None:
+            return False
+        held: dict[str, int] = {}
+        for (_, model), n in self.manager.in_flight.items():
+            held[model] = held.get(model, 0) + n
+        return any(n > self._reported.get(m, 0) for m, n in held.items())
+
+    async def _report_rise(self) -> None:
+        """Report at once, not at the next heartbeat, when the leases held rise above the last
+        report: were the instance to vanish now, its ghost would be short of them. Under steady load
+        a freed slot is refilled and nothing rises, so this costs a call only when the load grows
+        (at most one at a time)."""
+        try:
+            while self.registered and not self._stopped and self._rising():
+                await self._beat()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            log.exception("lease report failed")
 
     async def _reproject(self) -> None:
         """Redis lost its data (restart without persistence): put back the policy this instance runs."""
@@ -420,15 +533,18 @@ class LimiterInstance:
             fut.set_result(ticket)
         if ticket.state == "granted" and ticket.reservation is not None and self.grants is not None:
             self.grants.note_reserved(ticket.reservation)
+        idle = self._reporting is None or self._reporting.done()
+        if ticket.state == "granted" and self.registered and self.redis.connected and idle and self._rising():
+            self._reporting = asyncio.get_running_loop().create_task(self._report_rise())
 
     def _ready_manager(self) -> JobTypeManager:
         if self.draining:
-            raise NotReady("the instance is shutting down; retry on another instance")
+            raise _not_ready("the instance is shutting down; retry on another instance")
         if self.manager is None or not self.registered:
             reason = self.redis.error or "joining the fleet"
-            raise NotReady(f"the instance has not joined the fleet yet: {reason}")
+            raise _not_ready(f"the instance has not joined the fleet yet: {reason}")
         if (lost := self._out_of_contact()) is not None:
-            raise NotReady(lost)
+            raise _not_ready(lost)
         return self.manager
 
     def _out_of_contact(self) -> str | None:
@@ -456,10 +572,14 @@ class LimiterInstance:
         models: list[str] | None = None,
         estimate: Mapping[str, int] | None = None,
         wait_seconds: float | None = None,
+        *,
+        shadow_reason: str | None = None,
     ) -> Ticket:
         """Wait for a lease (a slot and its reservation). Raises an :class:`AdmissionError`.
 
-        Every answer is counted in :attr:`acquires` (admissions, refusals by reason, waits)."""
+        Every answer is counted in :attr:`acquires` (admissions, refusals by reason, waits).
+        ``shadow_reason``: the caller (the proxy, in shadow mode) would already have refused the
+        request for this reason; the lease is counted under it in :attr:`shadow`."""
         try:
             manager = self._ready_manager()
         except NotReady:
@@ -467,20 +587,17 @@ class LimiterInstance:
             raise
         assert self.spec is not None
         name = job_type or self.spec.default_job_type_name
-        no_wait = manager.stats["rejected_no_wait"]
         try:
             ticket = manager.submit(name, models, estimate, wait_seconds)
-        except QueueFull:
-            refused_at_once = manager.stats["rejected_no_wait"] > no_wait
-            self.acquires.refused(name, "no_wait" if refused_at_once else "queue_full")
+        except QueueFull as exc:
+            self.acquires.refused(name, exc.reason)
             raise
-        except AdmissionError:
-            self.acquires.refused(self._known_job_type(name), "invalid")
+        except AdmissionError as exc:
+            self.acquires.refused(self._known_job_type(name), exc.reason)
             raise
         self._after_dispatch()
         if ticket.state == "granted":
-            self.acquires.admitted(ticket)
-            return ticket
+            return self._admitted(ticket, shadow_reason)
         fut: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._futures[ticket.id] = fut
         try:
@@ -495,18 +612,27 @@ class LimiterInstance:
             raise
         finally:
             self._futures.pop(ticket.id, None)
-        if _granted(ticket):
-            self.acquires.admitted(ticket)
-            return ticket
-        reason = "not_ready" if self.draining else "budget" if ticket.shortfall is not None else "timeout"
-        self.acquires.refused(ticket.job_type, reason, self.clock.now() - ticket.enqueued_at)
+        if _granted(ticket) or (not self.draining and manager.admit_anyway(ticket)):
+            return self._admitted(ticket, shadow_reason)
+        if self.draining:
+            refusal = _not_ready("the instance is shutting down; retry on another instance").refusal
+        else:
+            refusal = manager.refusal(ticket)
+        assert refusal is not None
+        self.acquires.refused(ticket.job_type, refusal.reason, self.clock.now() - ticket.enqueued_at)
         manager.cancel(ticket, reason="all models rejected: no slot freed within the wait")
         raise NoCapacity(
             f"all models rejected: no slot for job type '{ticket.job_type}' on "
-            f"{', '.join(ticket.models)} within {ticket.deadline - ticket.enqueued_at:g} s"
-            + (" (the window budget is spent)" if ticket.shortfall else ""),
-            retry_after=self._retry_after(ticket),
+            f"{', '.join(ticket.models)} within {ticket.deadline - ticket.enqueued_at:g} s: "
+            + refusal.message(),
+            refusal=refusal,
         )
+
+    def _admitted(self, ticket: Ticket, shadow_reason: str | None) -> Ticket:
+        self.acquires.admitted(ticket)
+        if reason := shadow_reason or ticket.would_refuse:
+            self.shadow.count(ticket.model or "", ticket.job_type, reason)
+        return ticket
 
     def _known_job_type(self, name: str | None) -> str:
         """``name`` (or the default job type) when the policy knows it, else "" (a metrics label:
@@ -515,11 +641,6 @@ class LimiterInstance:
             return ""
         name = name or self.spec.default_job_type_name
         return name if any(j.name == name for j in self.spec.job_types) else ""
-
-    def _retry_after(self, ticket: Ticket) -> float:
-        if ticket.shortfall is not None and math.isfinite(ticket.shortfall.retry_at):
-            return max(1.0, ticket.shortfall.retry_at - self.clock.now())
-        return 1.0
 
     def _release_now(self, ticket: Ticket, actual: Mapping[str, int] | None) -> dict[str, Any]:
         assert self.manager is not None and self.grants is not None
@@ -574,6 +695,9 @@ class LimiterInstance:
             "epoch": self.epoch,
             "memoryBudgetKB": alloc.memory_budget_kb,
             "budgets": self.grants.ledger.snapshot(self.clock.now()) if self.grants else {},
+            "mode": self.spec.mode,
+            "modes": {m.name: self.spec.mode_of(m.name) for m in self.spec.models},
+            "wouldRefuse": self.shadow.by_model(),
         }
 
     def ready(self) -> tuple[bool, str]:
@@ -604,6 +728,12 @@ class LimiterInstance:
                 "latencyMs": round(self.redis.last_latency_seconds * 1000, 3),
             },
         }
+
+
+def _not_ready(why: str) -> NotReady:
+    """A 503 of an instance that cannot admit now; retry in a second (or on another instance)."""
+    refusal = Refusal(RefusalReason.NOT_READY, Limit("instance"), retry_after=1.0, detail=why)
+    return NotReady(why, refusal=refusal)
 
 
 def _granted(ticket: Ticket) -> bool:

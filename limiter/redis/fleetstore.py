@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
-from limiter.core.membership import AllocationRecord, MembershipReply, encode_info, project
+from limiter.core.membership import AllocationRecord, LeaseReport, MembershipReply, encode_info, project
 from limiter.core.policy import WINDOW_LIMITS
 from limiter.core.windows import (
     DEFAULT_WINDOW_SECONDS,
@@ -196,16 +196,22 @@ class RedisStore:
         self._infos[instance_id] = encoded
         return await self._membership("register", instance_id, encoded)
 
-    async def heartbeat(self, instance_id: str) -> MembershipReply:
-        """Record that the instance is alive and read the allocation back (so a lost pub/sub message
-        costs at most one interval). An instance evicted meanwhile (a long pause) is registered again
-        with its last info, and ``changed`` is true."""
-        return await self._membership("heartbeat", instance_id, self._infos.get(instance_id, "{}"))
+    async def heartbeat(self, instance_id: str, leases: LeaseReport | None = None) -> MembershipReply:
+        """Record that the instance is alive and what its clients hold (``leases``: kept as its
+        ghost if it vanishes), and read the allocation back (so a lost pub/sub message costs at most
+        one interval). An instance evicted meanwhile (a long pause) is registered again with its
+        last info, its ghost of the same incarnation is dropped, and ``changed`` is true."""
+        incarnation, report = (leases.incarnation, leases.encode()) if leases else ("", "")
+        info = self._infos.get(instance_id, "{}")
+        return await self._membership("heartbeat", instance_id, info, incarnation, report)
 
-    async def deregister(self, instance_id: str) -> MembershipReply:
-        """Leave the fleet (graceful shutdown); the others get the new allocation at once."""
+    async def deregister(self, instance_id: str, leases: LeaseReport | None = None) -> MembershipReply:
+        """Leave the fleet (graceful shutdown); the others get the new allocation at once, less
+        what ``leases`` says the instance's clients still hold (its ghost, replaced on every call:
+        call again as they end, and with an empty report once the last one has)."""
         self._infos.pop(instance_id, None)
-        return await self._membership("deregister", instance_id)
+        incarnation, report = (leases.incarnation, leases.encode()) if leases else ("", "")
+        return await self._membership("deregister", instance_id, incarnation, report)
 
     async def allocation(self) -> AllocationRecord | None:
         """The stored allocation record, or None before any instance registered."""
@@ -278,6 +284,29 @@ class RedisStore:
             return deleted
 
         return await self._call("delete_policy", delete)
+
+    # -- shadow mode -------------------------------------------------------------------------------
+
+    async def add_shadow_counts(self, counts: Mapping[str, int]) -> None:
+        """Add an instance's new shadow counts (reason -> admissions enforcing would have refused)
+        to the fleet's totals, in one transaction. Not sent again after a connection error: the
+        caller keeps the counts for its next heartbeat instead (so a reply lost after Redis applied
+        them may count them twice; these are counters for people, never limits)."""
+        if not counts:
+            return
+
+        async def add() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for reason, n in counts.items():
+                    pipe.hincrby(self.keys.shadow, reason, n)
+                await pipe.execute()
+
+        await self._call("add_shadow_counts", add, retry=False)
+
+    async def shadow_counts(self) -> dict[str, int]:
+        """The fleet's shadow totals: reason -> admissions that enforcing would have refused."""
+        raw = await self._call("shadow_counts", lambda: self._client.hgetall(self.keys.shadow))
+        return {_text(k): int(v) for k, v in sorted(raw.items())}
 
     # -- allocation updates ------------------------------------------------------------------------
 

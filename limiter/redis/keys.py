@@ -7,8 +7,11 @@ slot and every script can touch all of them atomically::
     fl:{team-a/chat}:instances                    zset   instance id -> last heartbeat, ms of Redis TIME
     fl:{team-a/chat}:instance-info                hash   instance id -> JSON the instance registered with
     fl:{team-a/chat}:allocation                   string the allocation record (JSON)
+    fl:{team-a/chat}:leases                       hash   instance id -> its last lease report (JSON)
+    fl:{team-a/chat}:ghosts                       hash   id#incarnation -> a vanished instance's lease report
     fl:{team-a/chat}:budget-keys                  set    every budget key ever written (for delete_policy)
     fl:{team-a/chat}:budget:<limit>:<model>       hash   {window, used}: one fleet window budget
+    fl:{team-a/chat}:shadow                       hash   reason -> shadow admissions enforcing would refuse
     fl:{team-a/chat}:changes                      pub/sub channel of allocation records
     fl:{team-a/chat}:pulls                        pub/sub channel of pulls (a model's name)
     fl:{team-a/chat}:credit-keys                  set    key ids of every credit budget (for delete_all)
@@ -119,6 +122,18 @@ class PolicyKeys:
         return self._key("allocation")
 
     @property
+    def lease_reports(self) -> str:
+        """Hash: live instance id -> the lease report of its last heartbeat (JSON; absent when it
+        holds no lease)."""
+        return self._key("leases")
+
+    @property
+    def ghosts(self) -> str:
+        """Hash: ``<instance id>#<incarnation>`` -> the last lease report of an instance that left
+        with leases in flight, counted against the fleet until its ``untilMs`` (ms of Redis TIME)."""
+        return self._key("ghosts")
+
+    @property
     def budget_registry(self) -> str:
         """Set of every budget key the scripts have written, so the policy can be deleted whole."""
         return self._key("budget-keys")
@@ -130,6 +145,12 @@ class PolicyKeys:
                 f"limit: {limit!r} is not a window limit; expected one of {', '.join(WINDOW_LIMITS)}"
             )
         return self._key("budget", limit, model)
+
+    @property
+    def shadow(self) -> str:
+        """Hash: refusal reason code -> admissions in shadow mode that enforcing would have refused,
+        summed over the fleet (the operator's ``status.shadow.wouldRefuse``)."""
+        return self._key("shadow")
 
     @property
     def credit_registry(self) -> str:
@@ -166,9 +187,25 @@ class PolicyKeys:
     @property
     def membership_keys(self) -> list[str]:
         """KEYS of the membership and projection scripts, in the order the scripts expect."""
-        return [self.instances, self.instance_info, self.allocation, self.policy]
+        return [
+            self.instances,
+            self.instance_info,
+            self.allocation,
+            self.policy,
+            self.lease_reports,
+            self.ghosts,
+        ]
 
     @property
     def fixed_keys(self) -> list[str]:
         """Every key of the policy whose name does not depend on a model."""
-        return [self.policy, self.instances, self.instance_info, self.allocation, self.budget_registry]
+        return [
+            self.policy,
+            self.instances,
+            self.instance_info,
+            self.allocation,
+            self.lease_reports,
+            self.ghosts,
+            self.budget_registry,
+            self.shadow,
+        ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_membership import LIMIT, POLICY, Load, record
+from tests.faults.load import LIMIT, POLICY, Load, record
 from tests.support.fleet import Fleet, Instance
 from tests.support.redis_server import RedisServer, free_port, new_server
 from tests.support.waiting import wait_until

@@ -1,14 +1,49 @@
--- Library prepended to the membership and projection scripts by limiter/store.py, after _common.lua.
+-- Library prepended to the membership and projection scripts by limiter/redis/plumbing.py, after
+-- _common.lua.
 -- They all take the same KEYS:
 --   KEYS[1] instances      zset: instance id -> last heartbeat (ms, Redis TIME)
 --   KEYS[2] instance-info  hash: instance id -> JSON the instance registered with
 --   KEYS[3] allocation     string: the allocation record (JSON)
 --   KEYS[4] policy         hash: spec (JSON), generation, poolParams (JSON)
+--   KEYS[5] leases         hash: live instance id -> its last lease report (JSON, see below)
+--   KEYS[6] ghosts         hash: id#incarnation -> the last lease report of an instance that left
 -- and ARGV[1] = the pub/sub channel, ARGV[2] = instanceTimeout in ms.
+--
+-- A lease report (limiter/core/membership.py LeaseReport) is
+--   {"incarnation": "...", "untilMs": <latest lease deadline, ms of Redis TIME>,
+--    "models": {model: {"leases": n, "tokens": reserved, "requests": reserved}}}
+-- An instance that leaves with leases in flight leaves its last report behind as a ghost, summed
+-- into the record's "held" until untilMs or until the same process re-joins: its clients still
+-- hold those leases, so the others must not take that capacity yet.
 
 -- The limits whose per-instance share (capacity / N) the record reports, in display order.
 local SHARE_LIMITS = {'tokensPerMinute', 'requestsPerMinute', 'tokensPerDay', 'requestsPerDay',
                       'maxConcurrentRequests'}
+
+-- Keep a lease report (JSON) as the ghost of instance `id` when it still holds leases; returns 1
+-- if a ghost was written.
+local function haunt(id, report, now)
+  if not report or report == '' then
+    return 0
+  end
+  local doc = cjson.decode(report)
+  if tonumber(doc.untilMs) <= now then
+    return 0
+  end
+  redis.call('HSET', KEYS[6], id .. '#' .. tostring(doc.incarnation), report)
+  return 1
+end
+
+-- The live instance `id` is gone (evicted, or replaced by a new process): its last lease report
+-- becomes a ghost. Returns 1 if a ghost was written.
+local function retire(id, now)
+  local report = redis.call('HGET', KEYS[5], id)
+  if not report then
+    return 0
+  end
+  redis.call('HDEL', KEYS[5], id)
+  return haunt(id, report, now)
+end
 
 -- Remove the instances whose last heartbeat is older than the timeout; returns how many.
 local function evict(now, timeout_ms)
@@ -22,7 +57,54 @@ local function evict(now, timeout_ms)
   for i = 1, #dead, 1000 do
     redis.call('HDEL', KEYS[2], unpack(dead, i, math.min(i + 999, #dead)))
   end
+  for _, id in ipairs(dead) do
+    retire(id, now)
+  end
   return #dead
+end
+
+-- Drop the ghosts whose leases have all timed out; returns how many.
+local function expire_ghosts(now)
+  if redis.call('HLEN', KEYS[6]) == 0 then
+    return 0
+  end
+  local all = redis.call('HGETALL', KEYS[6])
+  local gone = 0
+  for i = 1, #all, 2 do
+    if tonumber(cjson.decode(all[i + 1]).untilMs) <= now then
+      redis.call('HDEL', KEYS[6], all[i])
+      gone = gone + 1
+    end
+  end
+  return gone
+end
+
+-- The record's "held" object: the ghosts' leases summed per model, models sorted by name.
+local function held_json()
+  local all = redis.call('HVALS', KEYS[6])
+  if #all == 0 then
+    return '{}'
+  end
+  local sums, names = {}, {}
+  for _, report in ipairs(all) do
+    for model, h in pairs(cjson.decode(report).models) do
+      local s = sums[model]
+      if not s then
+        s = {0, 0, 0}
+        sums[model] = s
+        names[#names + 1] = model
+      end
+      s[1], s[2], s[3] = s[1] + h.leases, s[2] + h.tokens, s[3] + h.requests
+    end
+  end
+  table.sort(names)
+  local parts = {}
+  for _, model in ipairs(names) do
+    local s = sums[model]
+    parts[#parts + 1] = cjson.encode(model) .. ':{"leases":' .. int(s[1]) .. ',"tokens":' .. int(s[2])
+      .. ',"requests":' .. int(s[3]) .. '}'
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
 end
 
 -- pools[m].totalSlots = min over (p, q) of floor(p / (q * N)) = floor(floor(p / q) / N),
@@ -73,7 +155,7 @@ local function publish_allocation(now, reason)
   local generation = tonumber(policy[1]) or 0
   local record = '{"instanceCount":' .. int(n) .. ',"epoch":' .. int(epoch) .. ',"generation":' .. int(generation)
     .. ',"changedAtMs":' .. int(now) .. ',"reason":' .. cjson.encode(reason)
-    .. ',"pools":' .. pools_json(policy[2], n) .. '}'
+    .. ',"pools":' .. pools_json(policy[2], n) .. ',"held":' .. held_json() .. '}'
   redis.call('SET', KEYS[3], record)
   redis.call('PUBLISH', ARGV[1], record)
   return record

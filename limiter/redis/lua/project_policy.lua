@@ -1,5 +1,6 @@
 -- project_policy: store a new generation of the policy and republish the allocation.
--- KEYS: [1] instances zset, [2] instance-info hash, [3] allocation string, [4] policy hash
+-- KEYS: [1] instances zset, [2] instance-info hash, [3] allocation string, [4] policy hash,
+--       [5] lease reports hash, [6] ghosts hash
 -- ARGV: [1] channel, [2] instanceTimeout (ms, of the new spec), [3] generation (integer),
 --       [4] spec (JSON, camelCase), [5] pool parameters (JSON list of
 --       {"model": name, "pairs": [[p, q], ...], "limits": {limitName: capacity}} in policy order)
@@ -18,4 +19,5 @@ local reason = 'policy'
 if evict(now, tonumber(ARGV[2])) > 0 then
   reason = 'policy+evict'
 end
+expire_ghosts(now)
 return {1, publish_allocation(now, reason), now}
