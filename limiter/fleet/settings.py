@@ -6,6 +6,7 @@ in the field's doc. Command-line values win over the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import uuid
@@ -25,6 +26,17 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def pod_listen_address(pod_ip: str) -> str:
+    """Where a limiter in a pod with address ``pod_ip`` listens (see :attr:`ServeSettings.host`)."""
+    try:
+        address = ipaddress.ip_address(pod_ip)
+    except ValueError:
+        return pod_ip  # not an address: let binding it say what is wrong
+    if address.is_loopback:
+        return pod_ip
+    return "::" if address.version == 6 else "0.0.0.0"
+
+
 @dataclass(slots=True)
 class ServeSettings:
     """How one limiter instance runs."""
@@ -41,7 +53,14 @@ class ServeSettings:
     """Policy name (``--name``, ``FLEET_LIMITER_POLICY_NAME``); default: the file's
     ``metadata.name``."""
     host: str = "127.0.0.1"
-    """Address to listen on (``--host``, ``FLEET_LIMITER_HOST``; in a pod, ``POD_IP``)."""
+    """Address to listen on (``--host``, ``FLEET_LIMITER_HOST``). In a pod (``POD_IP`` set, no
+    ``FLEET_LIMITER_HOST``): every address of the pod (``0.0.0.0``, or ``::`` for an IPv6 pod), so
+    ``kubectl port-forward``, which dials localhost inside the pod, reaches it too; but the pod's own
+    address only where ``POD_IP`` is a loopback address (pods that share the host's network, as on
+    the local control plane, where each pod has its own 127.x address)."""
+    advertise_host: str | None = None
+    """The address other tools (``fleet-limiter top``) reach this instance at, published in Redis;
+    default ``host`` (in a pod, ``POD_IP``)."""
     port: int = 8080
     """Port (``--port``, ``FLEET_LIMITER_PORT``)."""
     instance_id: str = field(default_factory=default_instance_id)
@@ -84,7 +103,7 @@ class ServeSettings:
             if (raw := read.text(var)) is not None:
                 setattr(s, attr, raw)
         if read.text("HOST") is None and (pod_ip := read.env.get("POD_IP")):
-            s.host = pod_ip
+            s.host, s.advertise_host = pod_listen_address(pod_ip), pod_ip
         for attr, var in (("port", "PORT"), ("memory_budget_kb", "MEMORY_BUDGET_KB")):
             if (number := read.integer(var)) is not None:
                 setattr(s, attr, number)

@@ -26,12 +26,12 @@ from tests.e2e.env import E2E, FleetPolicies
 from tests.e2e.kube import (
     E2E_LABEL,
     ROOT,
+    ApiProxyAccess,
     DirectAccess,
     E2EConfigError,
     InChartRedis,
     LocalRedis,
     PodAccess,
-    PortForwardAccess,
     RedisAccess,
     Settings,
     external_cluster,
@@ -56,9 +56,24 @@ def _settings() -> Settings:
         pytest.fail(str(exc), pytrace=False)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "containers: e2e only real containers can show (kind: docker stop/kill of a node, cgroup limits, "
+        "the in-chart Redis); selected by FLEET_E2E_CONTAINERS=1 (make e2e-kind), deselected otherwise",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The demo (tools/demo.py) runs on the local control plane only: on another cluster its tests
-    (and those that interrupt it) are deselected (reported as such), never skipped."""
+    """Deselected (reported as such, never skipped): the scenarios marked ``containers`` unless
+    ``FLEET_E2E_CONTAINERS=1`` selects them (tools/kind/e2e.sh; the local control plane has no
+    containers), and on another cluster than the local one the demo (tools/demo.py) and the tests that
+    interrupt it."""
+    if os.environ.get("FLEET_E2E_CONTAINERS", "0") != "1":
+        containers = [i for i in items if i.get_closest_marker("containers")]
+        if containers:
+            config.hook.pytest_deselected(items=containers)
+            items[:] = [i for i in items if i not in containers]
     if os.environ.get("FLEET_E2E_CLUSTER", "local") == "local":
         return
     local_only = ("tests/e2e/test_0_demo.py", "tests/e2e/test_0_interrupted.py")
@@ -191,7 +206,7 @@ def e2e(swept: Tools) -> Iterator[E2E]:
             pytrace=False,
         )
     with ExitStack() as stack:
-        access: PodAccess = DirectAccess() if settings.pod_access == "direct" else PortForwardAccess(kube)
+        access: PodAccess = DirectAccess() if settings.pod_access == "direct" else ApiProxyAccess(kube)
         stack.callback(access.close)
         redis: RedisAccess | None = None
         if settings.cluster == "local":

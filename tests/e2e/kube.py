@@ -10,8 +10,11 @@ Two kinds of cluster, chosen by ``FLEET_E2E_CLUSTER`` (docs/e2e.md):
     given to the chart as ``redis.url`` (there is no DNS for the in-chart Redis's Service).
 ``kubeconfig``
     Whatever cluster ``$KUBECONFIG`` points to (kind, through tools/kind/e2e.sh), kubectl and helm
-    from PATH. Pod IPs are not reachable from the host there, so every pod and the chart's in-chart
-    Redis are reached through ``kubectl port-forward``.
+    from PATH. Pod IPs are not reachable from the host there, so pods are reached through the API
+    server's pod proxy (one ``kubectl proxy`` on 127.0.0.1) and the chart's in-chart Redis through
+    ``kubectl port-forward`` to its Service. ``kubectl port-forward`` cannot reach a limiter pod: the
+    kubelet's forwarder dials ``localhost`` inside the pod, and the limiter listens on the pod's IP
+    only (``POD_IP``), so every connection is refused and kubectl exits ("lost connection to pod").
 
 The default never touches a user's own cluster: ``make test`` runs on the local control plane even
 when ``KUBECONFIG`` is set; another cluster is an explicit opt-in.
@@ -54,7 +57,8 @@ class Settings:
     cluster: str = "local"
     """``local`` (the project's control plane) or ``kubeconfig`` (``$KUBECONFIG`` as it is)."""
     pod_access: str = "direct"
-    """``direct`` (pod IPs, loopback only) or ``port-forward`` (one ``kubectl port-forward`` per pod)."""
+    """``direct`` (pod IPs, loopback only) or ``api-proxy`` (the API server's pod proxy, through one
+    ``kubectl proxy`` on 127.0.0.1)."""
     image: str = "fleet-limiter:e2e"
     """Image (repository:tag) the chart runs in ``kubeconfig`` mode; the local node never pulls."""
     scale_pods: int = 50
@@ -62,18 +66,22 @@ class Settings:
     redis_image: str = ""
     """Image (repository:tag) of the chart's in-chart Redis in ``kubeconfig`` mode; empty: the chart's
     default (tools/kind/e2e.sh names the one it builds from Debian's redis-server)."""
+    containers: bool = False
+    """Run the scenarios only real containers can show (marked ``containers``: node containers stopped
+    and killed with ``docker``, cgroup memory limits, the in-chart Redis on its volume); without it
+    they are deselected. ``FLEET_E2E_CONTAINERS=1`` (tools/kind/e2e.sh) needs ``kubeconfig``."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read and check ``FLEET_E2E_CLUSTER``, ``FLEET_E2E_POD_ACCESS``, ``FLEET_E2E_IMAGE``,
-        ``FLEET_E2E_SCALE_PODS`` and ``FLEET_E2E_REDIS_IMAGE``."""
+        ``FLEET_E2E_SCALE_PODS``, ``FLEET_E2E_REDIS_IMAGE`` and ``FLEET_E2E_CONTAINERS``."""
         env = dict(os.environ if env is None else env)
         cluster = env.get("FLEET_E2E_CLUSTER", "local")
         if cluster not in ("local", "kubeconfig"):
             raise E2EConfigError(f"FLEET_E2E_CLUSTER: {cluster!r} is not valid: local or kubeconfig")
-        access = env.get("FLEET_E2E_POD_ACCESS", "direct" if cluster == "local" else "port-forward")
-        if access not in ("direct", "port-forward"):
-            raise E2EConfigError(f"FLEET_E2E_POD_ACCESS: {access!r} is not valid: direct or port-forward")
+        access = env.get("FLEET_E2E_POD_ACCESS", "direct" if cluster == "local" else "api-proxy")
+        if access not in ("direct", "api-proxy"):
+            raise E2EConfigError(f"FLEET_E2E_POD_ACCESS: {access!r} is not valid: direct or api-proxy")
         image = env.get("FLEET_E2E_IMAGE", cls.image)
         if ":" not in image.rsplit("/", 1)[-1]:
             raise E2EConfigError(f"FLEET_E2E_IMAGE: {image!r} is not valid: expected repository:tag")
@@ -85,8 +93,21 @@ class Settings:
             raise E2EConfigError(
                 f"FLEET_E2E_REDIS_IMAGE: {redis_image!r} is not valid: expected repository:tag"
             )
+        containers = env.get("FLEET_E2E_CONTAINERS", "0")
+        if containers not in ("0", "1"):
+            raise E2EConfigError(f"FLEET_E2E_CONTAINERS: {containers!r} is not valid: 0 or 1")
+        if containers == "1" and cluster == "local":
+            raise E2EConfigError(
+                "FLEET_E2E_CONTAINERS: 1 needs FLEET_E2E_CLUSTER=kubeconfig (a kind cluster: the local "
+                "node runs pods as processes, with no containers to stop)"
+            )
         return cls(
-            cluster=cluster, pod_access=access, image=image, scale_pods=int(raw), redis_image=redis_image
+            cluster=cluster,
+            pod_access=access,
+            image=image,
+            scale_pods=int(raw),
+            redis_image=redis_image,
+            containers=containers == "1",
         )
 
 
@@ -164,7 +185,7 @@ class DirectAccess:
         if not ipaddress.ip_address(ip).is_loopback:
             raise AssertionError(
                 f"pod {pod['metadata']['name']} has IP {ip}, not a loopback address: set "
-                "FLEET_E2E_POD_ACCESS=port-forward to reach this cluster's pods"
+                "FLEET_E2E_POD_ACCESS=api-proxy to reach this cluster's pods"
             )
         return f"http://{ip}:{LIMITER_PORT}"
 
@@ -223,34 +244,71 @@ class Forward:
         self._log.close()
 
 
-class PortForwardAccess:
-    """Pods through ``kubectl port-forward``, one forward per pod, started on first use."""
+class ApiProxyAccess:
+    """Pods through the API server's pod proxy (``/api/v1/namespaces/NS/pods/NAME:8080/proxy``), served
+    on 127.0.0.1 by one ``kubectl proxy`` started on first use.
 
-    def __init__(self, cluster: Cluster) -> None:
+    The API server dials the pod's IP (the address the limiter listens on), as the kubelet's probes
+    do; ``kubectl port-forward`` would dial ``localhost`` in the pod and be refused.
+    """
+
+    _LINE = re.compile(r"Starting to serve on 127\.0\.0\.1:(\d+)")
+
+    def __init__(self, cluster: Cluster, timeout: float = 20) -> None:
         self.cluster = cluster
-        self._forwards: dict[str, Forward] = {}
+        self.timeout = timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self._port = 0
         self._lock = threading.Lock()
+
+    def _start(self) -> int:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._port
+        self.close()
+        self._log = tempfile.NamedTemporaryFile("w+", prefix="fleet-e2e-proxy-", suffix=".log")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [
+                str(self.cluster.kubectl_path), f"--kubeconfig={self.cluster.kubeconfig}", "proxy",
+                "--address=127.0.0.1", "--port=0", "--accept-hosts=^127\\.0\\.0\\.1$",
+            ],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.timeout
+        while True:
+            found = self._LINE.search(Path(self._log.name).read_text(errors="replace"))
+            if found:
+                self._port = int(found.group(1))
+                return self._port
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                output = Path(self._log.name).read_text(errors="replace").strip()
+                self.close()
+                raise PodUnreachable(f"kubectl proxy did not start: {output[-500:]}")
+            time.sleep(0.05)
 
     def url(self, pod: dict[str, Any]) -> str:
         meta = pod["metadata"]
         if (pod.get("status") or {}).get("phase") != "Running":
             raise PodUnreachable(f"pod {meta['name']} is not running")
         with self._lock:
-            forward = self._forwards.get(meta["uid"])
-            if forward is None or not forward.alive:
-                if forward is not None:
-                    forward.close()
-                forward = Forward(self.cluster, meta["namespace"], f"pod/{meta['name']}", LIMITER_PORT)
-                self._forwards[meta["uid"]] = forward
-            return f"http://127.0.0.1:{forward.port}"
+            port = self._start()
+        return f"http://127.0.0.1:{port}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{LIMITER_PORT}/proxy"
 
     def forget(self, keep: set[str]) -> None:
-        with self._lock:
-            for uid in [u for u in self._forwards if u not in keep]:
-                self._forwards.pop(uid).close()
+        return None
 
     def close(self) -> None:
-        self.forget(set())
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 # -- Redis ---------------------------------------------------------------------------------------------
@@ -317,6 +375,8 @@ class InChartRedis:
         self.deployment = names[0]
         self.service = self.deployment.replace("deployment.apps/", "svc/")
         self._forward: Forward | None = None
+        # The watch's thread and the test's both call url(): one forward at a time.
+        self._lock = threading.Lock()
 
     def _answers(self, port: int) -> bool:
         try:
@@ -325,11 +385,14 @@ class InChartRedis:
             return False
 
     def url(self) -> str:
-        if self._forward is None or not self._forward.alive or not self._answers(self._forward.port):
-            if self._forward is not None:
-                self._forward.close()
-            self._forward = Forward(self.cluster, self.namespace, self.service, 6379)
-        return f"redis://127.0.0.1:{self._forward.port}/0"
+        with self._lock:
+            forward = self._forward
+            if forward is None or not forward.alive or not self._answers(forward.port):
+                self._forward = None
+                if forward is not None:
+                    forward.close()
+                forward = self._forward = Forward(self.cluster, self.namespace, self.service, 6379)
+            return f"redis://127.0.0.1:{forward.port}/0"
 
     def stop(self) -> None:
         self.cluster.kubectl("scale", self.deployment, "-n", self.namespace, "--replicas=0")
@@ -346,9 +409,10 @@ class InChartRedis:
         self.url()
 
     def close(self) -> None:
-        if self._forward is not None:
-            self._forward.close()
-            self._forward = None
+        with self._lock:
+            if self._forward is not None:
+                self._forward.close()
+                self._forward = None
 
 
 # -- the chart -----------------------------------------------------------------------------------------

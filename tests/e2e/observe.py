@@ -242,7 +242,14 @@ class FleetWatch:
                 restarts = sum(c.get("restartCount", 0) for c in status.get("containerStatuses") or [])
                 if restarts > state.restarts:
                     state.restarts = restarts
-                    self.record.event("pod.restarted", now, pod=name, restarts=restarts)
+                    last = [
+                        (c.get("lastState") or {}).get("terminated") or {}
+                        for c in status.get("containerStatuses") or []
+                    ]
+                    self.record.event(
+                        "pod.restarted", now, pod=name, restarts=restarts,
+                        reasons=[t.get("reason") for t in last if t],
+                    )  # fmt: skip
             for name, state in self._pods.items():
                 if name not in seen and state.gone is None:
                     state.gone = now

@@ -4,6 +4,7 @@ here with `helm template` against the chart's schema."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tests.e2e.kube import CHART, ROOT, DirectAccess, E2EConfigError, Settings, 
         ({}, Settings("local", "direct", "fleet-limiter:e2e", 50)),
         (
             {"FLEET_E2E_CLUSTER": "kubeconfig"},
-            Settings("kubeconfig", "port-forward", "fleet-limiter:e2e", 50),
+            Settings("kubeconfig", "api-proxy", "fleet-limiter:e2e", 50),
         ),
         (
             {
@@ -29,17 +30,19 @@ from tests.e2e.kube import CHART, ROOT, DirectAccess, E2EConfigError, Settings, 
                 "FLEET_E2E_IMAGE": "reg.example/fl:1.2",
                 "FLEET_E2E_SCALE_PODS": "8",
             },
-            Settings("kubeconfig", "port-forward", "reg.example/fl:1.2", 8),
+            Settings("kubeconfig", "api-proxy", "reg.example/fl:1.2", 8),
         ),
         (
-            {"FLEET_E2E_POD_ACCESS": "port-forward"},
-            Settings("local", "port-forward", "fleet-limiter:e2e", 50),
+            {"FLEET_E2E_POD_ACCESS": "api-proxy"},
+            Settings("local", "api-proxy", "fleet-limiter:e2e", 50),
         ),
         (
             {"FLEET_E2E_CLUSTER": "kubeconfig", "FLEET_E2E_REDIS_IMAGE": "fleet-limiter/redis:7.0-bookworm"},
-            Settings(
-                "kubeconfig", "port-forward", "fleet-limiter:e2e", 50, "fleet-limiter/redis:7.0-bookworm"
-            ),
+            Settings("kubeconfig", "api-proxy", "fleet-limiter:e2e", 50, "fleet-limiter/redis:7.0-bookworm"),
+        ),
+        (
+            {"FLEET_E2E_CLUSTER": "kubeconfig", "FLEET_E2E_CONTAINERS": "1"},
+            Settings("kubeconfig", "api-proxy", "fleet-limiter:e2e", 50, "", True),
         ),
     ],
 )
@@ -54,6 +57,8 @@ def test_settings_from_the_environment(env: dict[str, str], expected: Settings) 
         ({"FLEET_E2E_POD_ACCESS": "proxy"}, "FLEET_E2E_POD_ACCESS: 'proxy' is not valid"),
         ({"FLEET_E2E_IMAGE": "reg.example:5000/fl"}, "FLEET_E2E_IMAGE: 'reg.example:5000/fl' is not valid"),
         ({"FLEET_E2E_SCALE_PODS": "1"}, "FLEET_E2E_SCALE_PODS: '1' is not valid"),
+        ({"FLEET_E2E_CLUSTER": "kubeconfig", "FLEET_E2E_CONTAINERS": "yes"}, "FLEET_E2E_CONTAINERS: 'yes'"),
+        ({"FLEET_E2E_CONTAINERS": "1"}, "FLEET_E2E_CONTAINERS: 1 needs FLEET_E2E_CLUSTER=kubeconfig"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -64,7 +69,7 @@ def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> No
 def test_direct_access_refuses_addresses_off_loopback() -> None:
     pod = {"metadata": {"name": "p"}, "status": {"podIP": "127.10.0.7"}}
     assert DirectAccess().url(pod) == "http://127.10.0.7:8080"
-    with pytest.raises(AssertionError, match="not a loopback address: set FLEET_E2E_POD_ACCESS=port-forward"):
+    with pytest.raises(AssertionError, match="not a loopback address: set FLEET_E2E_POD_ACCESS=api-proxy"):
         DirectAccess().url({"metadata": {"name": "p"}, "status": {"podIP": "10.244.0.5"}})
 
 
@@ -92,7 +97,7 @@ def operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def test_the_kind_install_renders_with_the_in_chart_redis_and_the_loaded_image() -> None:
     redis_image = "fleet-limiter/redis:7.0-bookworm"
     docs = render(
-        chart_values(Settings("kubeconfig", "port-forward", "fleet-limiter:e2e", 50, redis_image), None)
+        chart_values(Settings("kubeconfig", "api-proxy", "fleet-limiter:e2e", 50, redis_image), None)
     )
     env = operator_env(docs)
     assert env["FLEET_LIMITER_LIMITER_IMAGE"] == "fleet-limiter:e2e"
@@ -144,3 +149,19 @@ def test_the_kind_scripts_parse_and_name_the_images_they_build() -> None:
     }
     e2e = (ROOT / "tools" / "kind" / "e2e.sh").read_text()
     assert "FLEET_E2E_REDIS_IMAGE=" in e2e and "FLEET_E2E_IMAGE=" in e2e
+
+
+def test_the_container_scenarios_are_selected_only_by_their_setting() -> None:
+    """On the local control plane the ``containers`` scenarios are deselected (counted as such), never
+    skipped; FLEET_E2E_CONTAINERS=1 (tools/kind/e2e.sh) selects them."""
+    argv = [".venv/bin/python", "-P", "-m", "pytest", "tests/e2e", "--collect-only", "-q", "-m", "containers"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_E2E_")}
+    local = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=base, timeout=120)
+    assert "no tests collected" in local.stdout or " 0 selected" in local.stdout, local.stdout[-500:]
+    kind = {**base, "FLEET_E2E_CLUSTER": "kubeconfig", "FLEET_E2E_CONTAINERS": "1"}
+    selected = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=kind, timeout=120)
+    names = [line for line in selected.stdout.splitlines() if "::" in line]
+    assert {n.split("::")[0] for n in names} == {
+        "tests/e2e/test_c1_node_loss.py", "tests/e2e/test_c2_memory.py", "tests/e2e/test_c3_redis_pod.py",
+    }, selected.stdout[-500:]  # fmt: skip
+    assert len(names) == 4

@@ -43,18 +43,13 @@ prepare_k8s() {
   cp -r "$KIND_DIR/node/cmd/." "$k8s_src/cmd/"
   cd "$k8s_src" && go mod tidy
 }
-minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-k8s_ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-build_k8s() { cd "$k8s_src" && go build -trimpath -ldflags "$k8s_ldflags" -o "$NODE_BIN/$1.tmp" "./cmd/$1" && mv "$NODE_BIN/$1.tmp" "$NODE_BIN/$1"; }
+# shellcheck source=../k8s-build.sh
+source "$KIND_DIR/../k8s-build.sh"   # k8s_ldflags, build_k8s SRC BIN NAME (as tools/localcluster builds)
 want=()
 for b in kubelet kubeadm kube-proxy; do [[ -x $NODE_BIN/$b ]] || want+=("$b"); done
 if ((${#want[@]})); then
   step "k8s $K8S_VERSION modules (+ kubelet, kubeadm, kube-proxy)" prepare_k8s
-  for b in "${want[@]}"; do step "$b $K8S_VERSION" build_k8s "$b"; done
+  for b in "${want[@]}"; do step "$b $K8S_VERSION" build_k8s "$k8s_src" "$NODE_BIN" "$b"; done
 fi
 [[ -x $NODE_BIN/crictl ]] || step "crictl $CRICTL_VERSION" gobin_install "$NODE_BIN/crictl" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 [[ -x $NODE_BIN/coredns ]] || step "coredns $COREDNS_VERSION" gobin_install "$NODE_BIN/coredns" "github.com/coredns/coredns@$COREDNS_VERSION"

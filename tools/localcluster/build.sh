@@ -50,13 +50,8 @@ prepare_k8s() {
     echo "note: tools/localcluster/k8s/go.mod differs from the generated one; refresh it with gen-k8s-mod.sh"
   fi
 }
-minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-k8s_ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-build_k8s() { cd "$k8s_src" && go build -trimpath -ldflags "$k8s_ldflags" -o "$CLUSTER_BIN/$1.tmp" "./cmd/$1" && mv "$CLUSTER_BIN/$1.tmp" "$CLUSTER_BIN/$1"; }
+# shellcheck source=../k8s-build.sh
+source "$LOCALCLUSTER_DIR/../k8s-build.sh"   # k8s_ldflags, build_k8s SRC BIN NAME
 
 etcd_src=$CLUSTER_CACHE/src/etcd
 build_etcd() {
@@ -74,7 +69,7 @@ if want kube-apiserver || want kube-controller-manager || want kube-scheduler ||
   step "k8s $K8S_VERSION modules" prepare_k8s
 fi
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-  want "$b" && step "$b $K8S_VERSION" build_k8s "$b"
+  want "$b" && step "$b $K8S_VERSION" build_k8s "$k8s_src" "$CLUSTER_BIN" "$b"
 done
 want etcd && step "etcd $ETCD_VERSION" build_etcd
 want helm && step "helm $HELM_VERSION" build_helm
