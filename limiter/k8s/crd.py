@@ -190,6 +190,8 @@ def printer_columns() -> list[dict[str, Any]]:
          "description": "Why the policy is (not) ready."},
         {"name": "Generation", "type": "integer", "jsonPath": ".status.projectedGeneration", "priority": 1,
          "description": "The generation the pods run."},
+        {"name": "Shadow", "type": "string", "jsonPath": ".status.shadow.shadowModels", "priority": 1,
+         "description": "The models in shadow mode: everything admitted, would-be refusals counted."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]  # fmt: skip
 

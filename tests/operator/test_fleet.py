@@ -101,7 +101,9 @@ def test_kubectl_get_and_explain_show_what_an_admin_needs(policies: Policies) ->
     assert header.split() == ["NAME", "MODELS", "REPLICAS", "INSTANCES", "READY", "AGE"]
     assert row.split()[:5] == ["tpm", "model-alpha", "2", "2", "True"]
     wide_header = policies.kubectl("get", "rlp", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide_header == ["NAME", "MODELS", "REPLICAS", "INSTANCES", "READY", "REASON", "GENERATION", "AGE"]
+    assert wide_header == [
+        "NAME", "MODELS", "REPLICAS", "INSTANCES", "READY", "REASON", "GENERATION", "SHADOW", "AGE",
+    ]  # fmt: skip
     explained = policies.kubectl("explain", "rlp.spec.jobTypes.ratio").stdout
     assert "Share of every model's capacity" in explained
     assert "FleetReady" in policies.kubectl("describe", "rlp", "tpm").stdout

@@ -35,6 +35,8 @@ def test_status_shows_shadow_counts_and_enforce_applies_live(policies: Policies)
     assert status["shadow"] == {"mode": "shadow", "shadowModels": ["model-alpha"]}
     (pod,) = policies.wait_pods("shadow", 1)
     uid = pod["metadata"]["uid"]
+    header, row = policies.kubectl("get", "rlp", "shadow", "-o", "wide").stdout.splitlines()
+    assert dict(zip(header.split(), row.split(), strict=True))["SHADOW"] == '["model-alpha"]'
 
     # Two slots; five leases at once: three of them are what enforcing would have refused.
     answers = [acquire(pod) for _ in range(5)]
@@ -57,6 +59,8 @@ def test_status_shows_shadow_counts_and_enforce_applies_live(policies: Policies)
     assert acquire(pod)[0] == 503  # five leases still hold the two slots
     status = policies.wait_ready("shadow")["status"]
     assert status["shadow"] == {"mode": "enforce", "wouldRefuse": counted}
+    header, row = policies.kubectl("get", "rlp", "shadow", "-o", "wide").stdout.splitlines()
+    assert dict(zip(header.split(), row.split(), strict=True))["SHADOW"] == "<none>"
     (same,) = policies.wait_pods("shadow", 1)
     assert same["metadata"]["uid"] == uid and same["status"]["containerStatuses"][0]["restartCount"] == 0
     # A mode the CRD does not know is refused at apply time, naming the field.
