@@ -72,8 +72,12 @@ class BudgetGrant:
     redis_time_ms: int
     """Redis's clock during the draw, ms since the epoch."""
     retry_after_ms: int
-    """0 when granted; otherwise ms until every window that refused has ended. Retrying sooner only
-    helps if some instance gives budget back (a refusal is cheap, so callers may)."""
+    """0 when granted; otherwise ms until every window that refused has ended (or the fence ends).
+    Retrying sooner only helps if some instance gives budget back (a refusal is cheap, so callers
+    may)."""
+    fenced: bool = False
+    """Refused because Redis lost its data and the fleet's counters are being rebuilt (the budget
+    fence, :attr:`limiter.redis.keys.PolicyKeys.budget_fence`): nothing is drawn until it ends."""
 
     def granted(self, dimension: str) -> int:
         """Amount granted on ``dimension`` (0 if it was not asked for or the draw was refused)."""
@@ -108,22 +112,28 @@ def check_unique(dimensions: Sequence[str]) -> None:
         seen.add(d)
 
 
-def draw_argv(asks: Sequence[BudgetAsk], window_seconds: Mapping[str, int]) -> list[int]:
-    """ARGV of the draw script: window length, limit, need, want per dimension."""
-    return [v for a in asks for v in (window_seconds[a.dimension], a.limit, a.need, a.want)]
+def draw_argv(
+    asks: Sequence[BudgetAsk], window_seconds: Mapping[str, int], since: int = 0, fence_ms: int = 0
+) -> list[int]:
+    """ARGV of the draw script: window length, limit, need, want per dimension, then ``since`` (of
+    the caller's last allocation record, 0: none) and the fence's length in ms."""
+    per = [v for a in asks for v in (window_seconds[a.dimension], a.limit, a.need, a.want)]
+    return [*per, since, fence_ms]
 
 
 def parse_draw(asks: Sequence[BudgetAsk], reply: Sequence[int]) -> BudgetGrant:
-    """Read the draw script's reply: ok, Redis time, then four numbers per dimension."""
+    """Read the draw script's reply: 1 granted / 0 refused / 2 fenced, Redis time, then four numbers
+    per dimension."""
     dims = tuple(
         DimensionGrant(a.dimension, *(int(v) for v in reply[2 + 4 * i : 6 + 4 * i]))
         for i, a in enumerate(asks)
     )
-    ok = bool(reply[0])
+    ok = int(reply[0]) == 1
     blocking = [d.window_ends_in_ms for d, a in zip(dims, asks, strict=True) if d.remaining < a.need]
     return BudgetGrant(
         ok=ok,
         dimensions=dims,
         redis_time_ms=int(reply[1]),
         retry_after_ms=0 if ok else max(blocking, default=0),
+        fenced=int(reply[0]) == 2,
     )

@@ -124,6 +124,10 @@ class GrantKeeper:
                     await asyncio.sleep(0.01)
                 self.manager.dispatch()
                 continue
+            if grant.fenced:  # Redis lost its data: the counters are rebuilt until the fence ends
+                await asyncio.sleep(min(grant.retry_after_ms / 1000, heartbeat) + 0.01)
+                self.manager.dispatch()
+                continue
             # The fleet's window is spent in Redis, but other instances may hold unspent grants of
             # it: pull them back now (at once the first time, then at most once per heartbeat, when
             # they would hand them back anyway) and draw again; the window ends at retry_after.

@@ -110,6 +110,12 @@ class RedisStore:
         60 s for the minute limits, 86400 s for the day limits; tests use shorter windows)."""
         self.keys = PolicyKeys(namespace, name)
         self.instance_timeout_seconds = instance_timeout_seconds
+        self.records_since = 0
+        """``since`` of the last allocation record the instance applied (0: none yet): a draw that
+        finds another one in Redis (Redis lost its data) sets the budget fence (:meth:`draw`)."""
+        self.fence_ms = 0
+        """How long the budget fence stands once set: the time membership takes to settle
+        (``instanceTimeoutSeconds + 2 x heartbeatSeconds``, assigned with the policy)."""
         self.window_seconds: dict[str, int] = {**DEFAULT_WINDOW_SECONDS, **(window_seconds or {})}
         for limit, seconds in self.window_seconds.items():
             check_dimension(limit)
@@ -337,7 +343,9 @@ class RedisStore:
         if not keys:
             raise ValueError("asks: at least one dimension is needed")
         reply = await self._run(
-            "draw", [self.keys.budget_registry, *keys], draw_argv(asks, self.window_seconds)
+            "draw",
+            [self.keys.budget_registry, *keys, self.keys.allocation, self.keys.budget_fence],
+            draw_argv(asks, self.window_seconds, self.records_since, self.fence_ms),
         )
         return parse_draw(asks, reply)
 

@@ -11,6 +11,7 @@ slot and every script can touch all of them atomically::
     fl:{team-a/chat}:ghosts                       hash   id#incarnation -> a vanished instance's lease report
     fl:{team-a/chat}:budget-keys                  set    every budget key ever written (for delete_policy)
     fl:{team-a/chat}:budget:<limit>:<model>       hash   {window, used}: one fleet window budget
+    fl:{team-a/chat}:budget-fence                 string (PX) while budgets are rebuilt after data loss
     fl:{team-a/chat}:shadow                       hash   reason -> shadow admissions enforcing would refuse
     fl:{team-a/chat}:changes                      pub/sub channel of allocation records
     fl:{team-a/chat}:pulls                        pub/sub channel of pulls (a model's name)
@@ -138,6 +139,14 @@ class PolicyKeys:
         """Set of every budget key the scripts have written, so the policy can be deleted whole."""
         return self._key("budget-keys")
 
+    @property
+    def budget_fence(self) -> str:
+        """String, expiring (PX): while it exists, draws take nothing. Set by the first draw that
+        finds Redis has lost its data since the caller last looked (docs/fleet.md, "Redis lost its
+        data"), so every instance has charged back what it drew of the current windows before
+        anyone draws again."""
+        return self._key("budget-fence")
+
     def budget(self, model: str, limit: str) -> str:
         """Hash ``{window, used}``: the fleet's window budget of ``limit`` on ``model``."""
         if limit not in WINDOW_LIMITS:
@@ -207,5 +216,6 @@ class PolicyKeys:
             self.lease_reports,
             self.ghosts,
             self.budget_registry,
+            self.budget_fence,
             self.shadow,
         ]

@@ -159,3 +159,42 @@ async def test_bad_asks_are_refused_with_a_clear_message(store: RedisStore) -> N
         await store.charge("m", [(TPM, -1)])
     with pytest.raises(ValueError, match="window_seconds"):
         RedisStore(store.client, "a", "b", window_seconds={TPM: 0})
+
+
+async def test_a_draw_that_finds_redis_lost_its_data_fences_every_draw_until_it_ends(
+    store: RedisStore, make_store: Callable[..., RedisStore]
+) -> None:
+    """Redis lost its data (FLUSHALL) after an instance applied a record: its next draw finds no
+    record (or one that began again) and sets the budget fence; while it stands nobody draws, so
+    every instance can charge back what it drew of the window first (docs/fleet.md)."""
+    record = (await store.register("a", {})).allocation
+    assert record.since == record.changed_at_ms  # the chain begins with the first record
+    assert (await store.register("b", {})).allocation.since == record.since
+    store.records_since, store.fence_ms = record.since, 400
+    other = make_store()
+    other.records_since, other.fence_ms = record.since, 400
+    ask = [BudgetAsk(TPM, 1000, need=100, want=100)]
+    assert (await store.draw("m", ask)).ok  # nothing lost: no fence
+    await store.client.flushall()
+    fenced = await store.draw("m", ask)
+    assert not fenced.ok and fenced.fenced and 0 < fenced.retry_after_ms <= 400
+    # Another instance that already follows the new chain is fenced too, and so is a newcomer.
+    again = (await other.register("c", {})).allocation
+    assert again.since > record.since
+    other.records_since = again.since
+    assert (await other.draw("m", ask)).fenced
+    fresh = make_store()
+    assert (await fresh.draw("m", ask)).fenced
+    await asyncio.sleep(0.45)
+    after = await other.draw("m", ask)
+    assert after.ok and not after.fenced
+    # The fence is set once, not extended by every draw that sees it.
+    assert await store.client.exists(store.keys.budget_fence) == 0
+
+
+async def test_a_brand_new_fleet_is_never_fenced(store: RedisStore) -> None:
+    store.fence_ms = 10_000
+    assert (await store.draw("m", [BudgetAsk(TPM, 1000, need=1, want=1)])).ok  # no record seen yet
+    record = (await store.register("a", {})).allocation
+    store.records_since = record.since
+    assert (await store.draw("m", [BudgetAsk(TPM, 1000, need=1, want=1)])).ok

@@ -1,7 +1,13 @@
 -- draw: take budget from the fleet's window counters of one model, all or nothing.
--- KEYS: [1] budget registry set, [2..n+1] budget hashes {window, used}, one per limited dimension
+-- KEYS: [1] budget registry set, [2..n+1] budget hashes {window, used}, one per limited dimension,
+--       [n+2] allocation record, [n+3] budget fence
 -- ARGV: four per budget key i (ARGV[4i-3..4i]): window length (s), limit, need, want
---       (need <= want; amounts in the dimension's unit: tokens or requests)
+--       (need <= want; amounts in the dimension's unit: tokens or requests), then the caller's
+--       "since" (of the last allocation record it applied; 0: none yet) and the fence (ms)
+-- Redis lost its data (the record is gone, or began again since the caller looked): the counters
+-- are empty until every instance has charged back what it drew of the current windows, so the
+-- first draw to see it sets the fence (PX, not extended) and, while the fence stands, every draw
+-- takes nothing and answers 2, with the ms until the fence ends as each key's window end.
 -- Windows are aligned to the epoch by Redis TIME: window id = floor(now_s / window_s), so 60 s
 -- windows are UTC minutes and 86400 s windows UTC days. A hash whose window is older is empty.
 -- If any key has less than `need` left in its current window, nothing is taken anywhere. Otherwise
@@ -9,7 +15,25 @@
 -- Returns: {1 granted / 0 refused, Redis time (ms), then per key i: window id, granted,
 --          left after this draw, ms until the window ends}
 local sec, now = redis_clock()
-local n = #KEYS - 1
+local n = #KEYS - 3
+local record_key, fence_key = KEYS[n + 2], KEYS[n + 3]
+local since, fence_ms = tonumber(ARGV[4 * n + 1]), tonumber(ARGV[4 * n + 2])
+if since ~= 0 then
+  local record = redis.call('GET', record_key)
+  if not record or tonumber(cjson.decode(record).since) ~= since then
+    redis.call('SET', fence_key, '1', 'PX', int(fence_ms), 'NX')
+  end
+end
+local fenced = redis.call('PTTL', fence_key)
+if fenced > 0 then
+  local out = {2, now}
+  for i = 1, n do
+    local ws = tonumber(ARGV[4 * i - 3])
+    local b = #out
+    out[b + 1], out[b + 2], out[b + 3], out[b + 4] = idiv(sec, ws), 0, 0, fenced
+  end
+  return out
+end
 local state = {}
 local ok = 1
 for i = 1, n do
