@@ -158,6 +158,8 @@ class JobTypeManager:
         self._deadlines: list[tuple[float, int, Ticket]] = []  # heap; stale entries are skipped
         self.leases: dict[str, Ticket] = {}
         self.in_flight: Counter[tuple[str, str]] = Counter()
+        self.on_model: Counter[str] = Counter()
+        """Leases in flight per model, all job types together (held to the allocation's ceilings)."""
         self.memory_in_use_kb = 0
         self.stats: Counter[str] = Counter()
         self.fleet_windows: Callable[[str], tuple[str, float] | None] | None = None
@@ -182,6 +184,9 @@ class JobTypeManager:
         }
         self.models = [m.name for m in spec.models]
         self.memory_budget_kb = allocation.memory_budget_kb
+        self.ceilings = allocation.ceilings
+        """model -> the most leases this instance may hold on it while the fleet holds leases above
+        the shares (after a join); models without one are bound by the slots alone."""
         self.shadow = spec.shadow_models()
         """Models in shadow mode: what does not fit is admitted anyway (:meth:`admit_anyway`)."""
 
@@ -353,6 +358,8 @@ class JobTypeManager:
         mem = t.estimate.get("memoryKB", 0)
         if self.memory_budget_kb is not None and self.memory_in_use_kb + mem > self.memory_budget_kb:
             return MEMORY_LIMIT
+        if self._at_ceiling(model):
+            return PARALLEL_LIMIT
         own = self.in_flight[(t.job_type, model)] < self.slots.get((t.job_type, model), 0)
         if t.job_type in self.flexible:
             if self._flexible_free(model) <= 0:
@@ -382,6 +389,7 @@ class JobTypeManager:
             )
         self.leases.pop(ticket.id, None)
         self.in_flight[(ticket.job_type, ticket.model)] -= 1
+        self.on_model[ticket.model] -= 1
         self.memory_in_use_kb -= ticket.estimate.get("memoryKB", 0)
         self.stats["expired" if expired else "released"] += 1
         return self.dispatch()
@@ -458,6 +466,8 @@ class JobTypeManager:
             return None
         flexible = t.job_type in self.flexible
         for m in t.models:
+            if self._at_ceiling(m):
+                continue  # the fleet still holds leases above the shares (a join): keep this free
             own = self.in_flight[(t.job_type, m)] < self.slots.get((t.job_type, m), 0)
             if flexible and self._flexible_free(m) <= 0:
                 continue  # its own slot is lent out: it comes back when the borrowed job ends
@@ -468,6 +478,12 @@ class JobTypeManager:
             if reservation is not None:
                 return m, borrow, reservation
         return None
+
+    def _at_ceiling(self, model: str) -> bool:
+        """Whether the leases on ``model`` reached the allocation's ceiling for it (see
+        :attr:`limiter.core.allocation.Allocation.ceilings`)."""
+        ceiling = self.ceilings.get(model)
+        return ceiling is not None and self.on_model[model] >= ceiling
 
     def _flexible_free(self, model: str) -> int:
         """Flexible slots on ``model`` that nobody holds (negative after the pool shrank)."""
@@ -507,6 +523,7 @@ class JobTypeManager:
         t.blocker = None
         self.leases[t.id] = t
         self.in_flight[(t.job_type, model)] += 1
+        self.on_model[model] += 1
         self.memory_in_use_kb += t.estimate.get("memoryKB", 0)
         self.stats["granted"] += 1
         if borrowed:
@@ -615,14 +632,14 @@ class JobTypeManager:
             )
         ahead_n = (position - 1) if position is not None else 0
         start = self._drain(ticket, ahead_n)
+        slots = Limit(
+            "slots", model=model, job_type=ticket.job_type, value=self.slots.get((ticket.job_type, model), 0)
+        )
+        if self._at_ceiling(model):  # a join settles: the fleet still holds leases above the shares
+            slots = Limit("maxConcurrentRequests", model=model, value=self.ceilings[model])
         return Refusal(
             RefusalReason.PARALLEL_LIMIT,
-            Limit(
-                "slots",
-                model=model,
-                job_type=ticket.job_type,
-                value=self.slots.get((ticket.job_type, model), 0),
-            ),
+            slots,
             retry_after=self.next_free(ticket),
             position=position,
             estimated_start=start if position is not None else None,

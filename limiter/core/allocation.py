@@ -13,6 +13,12 @@ the model's capacity before it is divided: ``capacity_d`` above becomes ``capaci
 (the leases for ``maxConcurrentRequests``, their reserved tokens or requests for the window
 limits), so the live instances' slots and the held leases together never exceed a limit. The
 pools stay the nominal division Redis keeps.
+
+When shares shrink (a join, a new ghost) the leases granted under the larger share run on: the
+allocation record's ``excess`` (docs/fleet.md, "Joins") says how many leases the fleet holds above
+the new shares. Until it is 0, the instance holds at most ``share - excess`` leases on the model
+(:attr:`Allocation.ceilings`, on top of the job types' slots), so a joiner never adds its share to
+leases that already fill the limit.
 """
 
 from __future__ import annotations
@@ -87,6 +93,11 @@ class Allocation:
     memory_budget_kb: int | None = None
     held: dict[str, Held] = field(default_factory=dict)
     """Per model, the leases of vanished instances taken off its capacity (models with none omitted)."""
+    excess: dict[str, int] = field(default_factory=dict)
+    """Per model, the fleet's leases above the shares (the allocation record's ``excess``)."""
+    ceilings: dict[str, int] = field(default_factory=dict)
+    """Per model with an excess: the most leases this instance may hold on it, all job types
+    together, until the excess is 0 (``floor((C - held) / N) - excess``, at least 0)."""
 
     def slots_of(self, job_type: str, model: str) -> int:
         """Slots of ``job_type`` on ``model`` (0 where it may not use it)."""
@@ -94,8 +105,8 @@ class Allocation:
         return share.slots if share else 0
 
     def to_json(self) -> dict[str, Any]:
-        """The ``allocation``, ``slotsByJobTypeAndModel`` and ``heldByVanished`` parts of
-        ``GET /api/debug/allocation``."""
+        """The ``allocation``, ``slotsByJobTypeAndModel``, ``heldByVanished`` and ``settling`` parts
+        of ``GET /api/debug/allocation``."""
         return {
             "allocation": {
                 "instanceCount": self.instance_count,
@@ -112,6 +123,7 @@ class Allocation:
                 for j, per_model in self.slots.items()
             },
             "heldByVanished": {m: h.to_json() for m, h in self.held.items()},
+            "settling": {m: {"excess": self.excess[m], "ceiling": c} for m, c in self.ceilings.items()},
         }
 
 
@@ -177,18 +189,30 @@ def pool_slots(spec: PolicySpec, model: ModelSpec, instances: int) -> int:
     return min(bounds)
 
 
+def concurrency_ceiling(model: ModelSpec, instances: int, held: Held, excess: int) -> int | None:
+    """The most leases one instance may hold on ``model`` while the fleet holds ``excess`` leases
+    above the shares: ``floor((maxConcurrentRequests - held) / N) - excess`` (at least 0); None
+    where nothing is to be kept free (no excess, or no concurrency limit)."""
+    limit = model.limits.as_dict().get("maxConcurrentRequests")
+    if limit is None or excess <= 0:
+        return None
+    return max(0, max(0, limit - held.leases) // instances - excess)
+
+
 def compute_allocation(
     spec: PolicySpec,
     instances: int,
     memory_budget_kb: int | None = None,
     held: Mapping[str, Held] | None = None,
+    excess: Mapping[str, int] | None = None,
 ) -> Allocation:
     """The allocation for one instance out of ``instances``.
 
     ``memory_budget_kb`` defaults to the policy's ``instance.memoryBudgetMB``; a running instance
     without one passes 80% of its container's memory limit instead. ``held``: per model, the leases
     of vanished instances, taken off its capacity before it is divided (models not in the policy
-    are ignored).
+    are ignored). ``excess``: per model, the fleet's leases above the shares (the allocation
+    record's), which set :attr:`Allocation.ceilings` for the enforced models.
     """
     if instances < 1:
         raise ValueError(f"instances: {instances} is not valid: at least 1 instance is needed")
@@ -206,7 +230,16 @@ def compute_allocation(
             per_model[name] = SlotShare(n, binding, model_shares(model, instances))
         slots[job.name] = per_model
     pools = {m.name: Pool(pool_slots(spec, m, instances), model_shares(m, instances)) for m in spec.models}
-    return Allocation(instances, pools, slots, memory_budget_kb, kept)
+    over: dict[str, int] = {}
+    ceilings: dict[str, int] = {}
+    for model in spec.models:
+        n = (excess or {}).get(model.name, 0)
+        if spec.mode_of(model.name) == "shadow":
+            continue
+        ceiling = concurrency_ceiling(model, instances, kept.get(model.name, NOTHING_HELD), n)
+        if ceiling is not None:
+            over[model.name], ceilings[model.name] = n, ceiling
+    return Allocation(instances, pools, slots, memory_budget_kb, kept, over, ceilings)
 
 
 def pool_params(spec: PolicySpec) -> dict[str, list[tuple[int, int]]]:

@@ -7,8 +7,10 @@ The allocation record is the JSON the scripts store under ``fl:{ns/name}:allocat
 on the policy's channel, once per change::
 
     {"instanceCount": 2, "epoch": 7, "generation": 3, "changedAtMs": 1732230000123,
-     "reason": "join", "pools": {"model-alpha": {"totalSlots": 10, "tokensPerMinute": 50000}},
-     "held": {"model-alpha": {"leases": 4, "tokens": 40000, "requests": 4}}}
+     "since": 1732229000000, "reason": "join",
+     "pools": {"model-alpha": {"totalSlots": 10, "tokensPerMinute": 50000}},
+     "held": {"model-alpha": {"leases": 4, "tokens": 40000, "requests": 4}},
+     "excess": {"model-alpha": 3}}
 
 ``pools`` is computed in Lua from the pool parameters of :func:`limiter.core.allocation.pool_params`
 with exact integer arithmetic, so ``totalSlots`` equals ``compute_allocation(spec, N)`` exactly.
@@ -19,13 +21,23 @@ from the policy and ``instanceCount``.
 the fleet with leases in flight (evicted, replaced by a new process with its id, or shut down before
 its leases ended), until the latest deadline it reported or until it re-joins. Instances take it off
 each model's capacity before dividing (:func:`limiter.core.allocation.compute_allocation`).
+
+``excess`` is what a shrinking share leaves behind: after a join (or a new ghost) the live instances'
+shares of ``maxConcurrentRequests`` shrink at once, but the leases they granted under the larger
+share run on. Per model, it is the leases the live instances' last reports hold above the new share
+``floor((C - held) / N)``, less the remainder ``(C - held) - N * share`` that no instance owns.
+Every instance keeps that many slots of its own share free
+(:attr:`limiter.core.allocation.Allocation.ceilings`) until the over-share leases have ended, so
+the fleet never holds more than ``C`` at once, even in the seconds after a join. The heartbeat
+script publishes the record again (reason ``settle``) whenever an instance's leases above its share
+change, so the excess shrinks as they end.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +78,14 @@ class AllocationRecord:
     held: dict[str, Held] = field(default_factory=dict)
     """Per model, the leases of vanished instances still counted against it (models with none
     omitted)."""
+    excess: dict[str, int] = field(default_factory=dict)
+    """Per model, the leases live instances hold above their share of ``maxConcurrentRequests``,
+    less the unowned remainder: what every instance keeps free of its own share (models with none
+    omitted)."""
+    since: int = 0
+    """Redis time when this chain of records began (the first record after the policy's keys were
+    empty): a record with another ``since`` means Redis lost its data in between (0: not known,
+    a record of an older version)."""
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> AllocationRecord:
@@ -88,6 +108,8 @@ class AllocationRecord:
                 model: Held(int(h["leases"]), int(h["tokens"]), int(h["requests"]))
                 for model, h in (data.get("held") or {}).items()
             },
+            excess={model: int(n) for model, n in (data.get("excess") or {}).items()},
+            since=int(data.get("since") or 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -97,9 +119,11 @@ class AllocationRecord:
             "epoch": self.epoch,
             "generation": self.generation,
             "changedAtMs": self.changed_at_ms,
+            "since": self.since,
             "reason": self.reason,
             "pools": {m: {"totalSlots": p.total_slots, **p.shares} for m, p in self.pools.items()},
             "held": {m: h.to_json() for m, h in self.held.items()},
+            "excess": dict(self.excess),
         }
 
 
@@ -124,7 +148,8 @@ class PolicyProjection:
     spec_json: str
     """The spec as camelCase JSON (``model_dump(mode="json", by_alias=True, exclude_none=True)``)."""
     pool_params_json: str
-    """JSON list of ``{"model", "pairs": [[p, q], ...], "limits": {...}}`` in policy order."""
+    """JSON list of ``{"model", "pairs": [[p, q], ...], "limits": {...}}`` in policy order, with
+    ``"shadow": true`` for a model in shadow mode (its concurrency has no excess to keep free)."""
     instance_timeout_ms: int
     """``spec.instance.instanceTimeoutSeconds`` in ms."""
 
@@ -146,9 +171,14 @@ def project(spec_json: dict[str, Any]) -> PolicyProjection:
                     f"spec.models[{model.name}].limits: pool parameter {p}/{q} exceeds 2**53; "
                     "lower the limits or raise the job types' estimates"
                 )
-        models.append(
-            {"model": model.name, "pairs": [[p, q] for p, q in pairs], "limits": model.limits.as_dict()}
-        )
+        entry: dict[str, Any] = {
+            "model": model.name,
+            "pairs": [[p, q] for p, q in pairs],
+            "limits": model.limits.as_dict(),
+        }
+        if spec.mode_of(model.name) == "shadow":
+            entry["shadow"] = True
+        models.append(entry)
     return PolicyProjection(
         spec_json=json.dumps(
             spec.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
@@ -203,6 +233,30 @@ def lease_report(incarnation: str, leases: Iterable[tuple[str, int, int, float]]
         models[model] = models.get(model, Held()) + Held(1, tokens, requests)
         until = max(until, deadline)
     return LeaseReport(incarnation, models, math.ceil(until * 1000))
+
+
+def fleet_excess(
+    spec: PolicySpec, instances: int, held: Mapping[str, Held], reports: Iterable[Mapping[str, int]]
+) -> dict[str, int]:
+    """The record's ``excess`` as the scripts compute it (``excess_json`` in _allocation.lua), from
+    the live instances' leases per model (``reports``): per enforced model with
+    ``maxConcurrentRequests`` C, with ``left = C - held leases`` and ``share = left // N``, the
+    leases above ``share`` summed over the instances, less the remainder ``left - N * share``;
+    models where that is not positive are omitted."""
+    if instances < 1:
+        return {}
+    leases = list(reports)
+    out: dict[str, int] = {}
+    for model in spec.models:
+        limit = model.limits.as_dict().get("maxConcurrentRequests")
+        if limit is None or spec.mode_of(model.name) == "shadow":
+            continue
+        left = max(0, limit - held.get(model.name, Held()).leases)
+        share = left // instances
+        over = sum(max(0, r.get(model.name, 0) - share) for r in leases)
+        if over - (left - instances * share) > 0:
+            out[model.name] = over - (left - instances * share)
+    return out
 
 
 def encode_info(info: dict[str, Any]) -> str:

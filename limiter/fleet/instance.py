@@ -96,6 +96,8 @@ class LimiterInstance:
         """The leases of vanished instances the allocation takes off each model's capacity."""
         self.record_held: dict[str, Held] = {}
         """``held`` of the newest allocation record."""
+        self.excess: dict[str, int] = {}
+        """``excess`` of the newest allocation record: leases the fleet holds above the shares."""
         self._reported: dict[str, int] = {}
         """Leases per model in the last lease report Redis took."""
         self._reporting: asyncio.Task[None] | None = None
@@ -283,13 +285,14 @@ class LimiterInstance:
     def _allocation(self) -> Allocation:
         assert self.spec is not None
         return compute_allocation(
-            self.spec, max(1, self.instance_count), self._memory_budget_kb(self.spec), self.held
+            self.spec, max(1, self.instance_count), self._memory_budget_kb(self.spec), self.held, self.excess
         )
 
     def _install_policy(self, spec: PolicySpec, generation: int) -> None:
         first = self.spec is None
         self.spec, self.generation = spec, generation
         self.store.instance_timeout_seconds = spec.instance.instance_timeout_seconds
+        self.store.fence_ms = round(self._settle_seconds() * 1000)
         if first or self.grants is None or self.manager is None:
             self.grants = GrantKeeper(spec, self.store, self.clock, self._call)
             self.manager = JobTypeManager(
@@ -315,22 +318,28 @@ class LimiterInstance:
         """
         if (record.changed_at_ms, record.epoch) <= (self.record_time_ms, self.epoch):
             return
-        if record.epoch < self.epoch:
-            # A newer record with an older epoch: Redis lost its data (a restart without
-            # persistence). Put back what this instance holds of the current windows, so the
-            # fleet's counters again include every grant already taken.
+        began_again = bool(
+            self.store.records_since and record.since and record.since != self.store.records_since
+        )
+        if record.epoch < self.epoch or began_again:
+            # A newer record of a chain that began again (or with an older epoch): Redis lost its
+            # data (a restart without persistence, a flush). Put back what this instance holds of
+            # the current windows, so the fleet's counters again include every grant already
+            # taken; the budget fence keeps every draw off them meanwhile (docs/fleet.md).
             log.warning("Redis lost its data (epoch %d after %d): reconciling", record.epoch, self.epoch)
             self._unsettled("Redis lost its data")
             if self.grants is not None:
                 self._spawn(self.grants.recharge())
         self.record_time_ms, self.epoch = record.changed_at_ms, record.epoch
+        if record.since:
+            self.store.records_since = record.since
         # Every instance follows the newest generation in Redis, file-started ones too: the file is
         # only where a policy comes from, so a fleet never runs two generations for long.
         if record.generation > self.generation:
             self._spawn(self._reload_policy())
         self.record_count = max(1, record.instance_count)
         self.record_held = record.held
-        self._apply_count(record.reason)
+        self._apply_count(record.reason, record.excess)
 
     def _settle_seconds(self) -> float:
         """How long membership takes to settle: every live instance has heartbeated (and so
@@ -350,28 +359,34 @@ class LimiterInstance:
             log.warning("membership unsettled (%s): holding the count at >= %d", why, self.count_floor)
         self.settle_until = now + self._settle_seconds()
 
-    def _apply_count(self, reason: str = "settled") -> None:
+    def _apply_count(self, reason: str = "settled", excess: dict[str, int] | None = None) -> None:
         """Divide by the newest record's count, or by the floor while membership is unsettled, what
-        the vanished instances' clients do not hold (the record's ``held``)."""
+        the vanished instances' clients do not hold (the record's ``held``), keeping free what the
+        fleet holds above the shares (the record's ``excess``; unchanged when None). One new
+        allocation for all three, so no grant ever sees a new count with an old excess."""
         count = self.record_count
         if time.monotonic() < self.settle_until:
             count = max(count, self.count_floor)
         held = self.record_held
-        if (count, held) != (self.instance_count, self.held) and self.manager is not None:
-            if count != self.instance_count:
-                log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, reason)
-            if held != self.held:
-                log.info(
-                    "allocation: leases held by vanished instances %s (%s)",
-                    {m: h.leases for m, h in held.items()} or "none",
-                    reason,
-                )
-            self.instance_count, self.held = count, held
-            if self.grants is not None:
-                self.grants.instance_count = count
-            self.allocation_changes += 1
-            self.manager.set_allocation(self._allocation())
-            self._after_dispatch()
+        excess = self.excess if excess is None else excess
+        if (count, held, excess) == (self.instance_count, self.held, self.excess) or self.manager is None:
+            return
+        if count != self.instance_count:
+            log.info("allocation: %d -> %d instances (%s)", self.instance_count, count, reason)
+        if held != self.held:
+            log.info(
+                "allocation: leases held by vanished instances %s (%s)",
+                {m: h.leases for m, h in held.items()} or "none",
+                reason,
+            )
+        if excess != self.excess:
+            log.info("allocation: leases above the shares %s (%s)", excess or "none", reason)
+        self.instance_count, self.held, self.excess = count, held, excess
+        if self.grants is not None:
+            self.grants.instance_count = count
+        self.allocation_changes += 1
+        self.manager.set_allocation(self._allocation())
+        self._after_dispatch()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, holding a reference until it ends."""

@@ -79,14 +79,10 @@ local function expire_ghosts(now)
   return gone
 end
 
--- The record's "held" object: the ghosts' leases summed per model, models sorted by name.
-local function held_json()
-  local all = redis.call('HVALS', KEYS[6])
-  if #all == 0 then
-    return '{}'
-  end
+-- The ghosts' leases summed per model: {model -> {leases, tokens, requests}}, and the models' names.
+local function held_sums()
   local sums, names = {}, {}
-  for _, report in ipairs(all) do
+  for _, report in ipairs(redis.call('HVALS', KEYS[6])) do
     for model, h in pairs(cjson.decode(report).models) do
       local s = sums[model]
       if not s then
@@ -97,6 +93,14 @@ local function held_json()
       s[1], s[2], s[3] = s[1] + h.leases, s[2] + h.tokens, s[3] + h.requests
     end
   end
+  return sums, names
+end
+
+-- The record's "held" object: the ghosts' leases summed per model, models sorted by name.
+local function held_json(sums, names)
+  if #names == 0 then
+    return '{}'
+  end
   table.sort(names)
   local parts = {}
   for _, model in ipairs(names) do
@@ -105,6 +109,99 @@ local function held_json()
       .. ',"requests":' .. int(s[3]) .. '}'
   end
   return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- Per enforced model with maxConcurrentRequests C: {share, remainder}, where share = floor(left / n)
+-- is the most leases an instance may hold on it once membership has settled (left = C minus the
+-- ghosts' leases) and remainder = left - n * share, the slots no instance owns.
+local function concurrency_shares(params, n, sums)
+  local shares = {}
+  for _, m in ipairs(params) do
+    local c = m.limits.maxConcurrentRequests
+    if c and not m.shadow then
+      local left = c - ((sums[m.model] or {0})[1])
+      if left < 0 then
+        left = 0
+      end
+      local share = idiv(left, n)
+      shares[m.model] = {share, left - n * share}
+    end
+  end
+  return shares
+end
+
+-- A lease report's leases above `shares` (see concurrency_shares), per model.
+local function over_share(report, shares)
+  local over = {}
+  if not report or report == '' then
+    return over
+  end
+  for model, h in pairs(cjson.decode(report).models) do
+    local s = shares[model]
+    if s and h.leases > s[1] then
+      over[model] = h.leases - s[1]
+    end
+  end
+  return over
+end
+
+-- The record's "excess" object: per model, how many leases the live instances hold above their
+-- share (after a join or a ghost shrank the shares: leases in flight are never cancelled), less the
+-- remainder nobody owns. Every instance keeps that many of its own share free until it is 0, so
+-- the fleet never holds more than C at once while the over-share leases end. Models with none
+-- are omitted. O(instances holding leases): computed only when a record is published.
+local function excess_json(params_json, n, sums)
+  if not params_json or n == 0 then
+    return '{}'
+  end
+  local params = cjson.decode(params_json)
+  local shares = concurrency_shares(params, n, sums)
+  if next(shares) == nil then
+    return '{}'
+  end
+  local totals = {}
+  for _, report in ipairs(redis.call('HVALS', KEYS[5])) do
+    for model, over in pairs(over_share(report, shares)) do
+      totals[model] = (totals[model] or 0) + over
+    end
+  end
+  local parts = {}
+  for _, m in ipairs(params) do
+    local s = shares[m.model]
+    local excess = (totals[m.model] or 0) - (s and s[2] or 0)
+    if s and excess > 0 then
+      parts[#parts + 1] = cjson.encode(m.model) .. ':' .. int(excess)
+    end
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- Whether an instance's new lease report changes how far it is above its share on some model
+-- (its old report replaced by `new`): then the record's "excess" must be published again. Cheap
+-- when nobody is above their share: no report is scanned.
+local function share_crossed(old, new)
+  if (not old or old == '') and (not new or new == '') then
+    return false
+  end
+  local n = redis.call('ZCARD', KEYS[1])
+  local params_json = redis.call('HGET', KEYS[4], 'poolParams')
+  if not params_json or n == 0 then
+    return false
+  end
+  local sums = held_sums()
+  local shares = concurrency_shares(cjson.decode(params_json), n, sums)
+  local before, after = over_share(old, shares), over_share(new, shares)
+  for model, over in pairs(after) do
+    if before[model] ~= over then
+      return true
+    end
+  end
+  for model, _ in pairs(before) do
+    if not after[model] then
+      return true
+    end
+  end
+  return false
 end
 
 -- pools[m].totalSlots = min over (p, q) of floor(p / (q * N)) = floor(floor(p / q) / N),
@@ -144,18 +241,25 @@ local function pools_json(params_json, n)
 end
 
 -- Recompute the allocation, store it with the next epoch and publish it once; returns the record.
+-- "since" is when this chain of records began (the first record after the policy's keys were
+-- empty): it changes only when Redis has lost its data, which is how instances and the draw
+-- script tell a data loss from a change.
 local function publish_allocation(now, reason)
   local n = redis.call('ZCARD', KEYS[1])
   local old = redis.call('GET', KEYS[3])
-  local epoch = 1
+  local epoch, since = 1, now
   if old then
-    epoch = (tonumber(cjson.decode(old).epoch) or 0) + 1
+    local doc = cjson.decode(old)
+    epoch = (tonumber(doc.epoch) or 0) + 1
+    since = tonumber(doc.since) or tonumber(doc.changedAtMs) or now
   end
   local policy = redis.call('HMGET', KEYS[4], 'generation', 'poolParams')
   local generation = tonumber(policy[1]) or 0
+  local sums, names = held_sums()
   local record = '{"instanceCount":' .. int(n) .. ',"epoch":' .. int(epoch) .. ',"generation":' .. int(generation)
-    .. ',"changedAtMs":' .. int(now) .. ',"reason":' .. cjson.encode(reason)
-    .. ',"pools":' .. pools_json(policy[2], n) .. ',"held":' .. held_json() .. '}'
+    .. ',"changedAtMs":' .. int(now) .. ',"since":' .. int(since) .. ',"reason":' .. cjson.encode(reason)
+    .. ',"pools":' .. pools_json(policy[2], n) .. ',"held":' .. held_json(sums, names)
+    .. ',"excess":' .. excess_json(policy[2], n, sums) .. '}'
   redis.call('SET', KEYS[3], record)
   redis.call('PUBLISH', ARGV[1], record)
   return record

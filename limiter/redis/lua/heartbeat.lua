@@ -7,7 +7,9 @@
 -- Evicts instances silent longer than the timeout (Redis time) first, this one included: an
 -- instance paused past the timeout comes back as a new member, and its own ghost (the leases it
 -- held when it was evicted) is dropped, since it counts them itself again. Drops ghosts whose leases
--- have all timed out. Publishes one allocation record when anything changed.
+-- have all timed out. Publishes one allocation record when anything changed, and when this instance
+-- holds a different number of leases above its share than before (the record's "excess", while
+-- the leases of a shrunk share end).
 -- Returns: {allocation record (JSON), Redis time (ms), 1 if the instance was re-registered / 0}
 local _, now = redis_clock()
 local reasons = {}
@@ -27,9 +29,13 @@ else
   rejoined = 1
   reasons[#reasons + 1] = 'rejoin'
 end
+local before = redis.call('HGET', KEYS[5], ARGV[3])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[5], ARGV[3], ARGV[6])
 else
   redis.call('HDEL', KEYS[5], ARGV[3])
+end
+if #reasons == 0 and share_crossed(before, ARGV[6]) then
+  reasons[#reasons + 1] = 'settle'
 end
 return {current_allocation(now, reasons), now, rejoined}
