@@ -28,6 +28,15 @@ CASES: dict[str, str] = {
     "replica-promoted": "primary SIGKILLed, replica promoted",
     "sigkill-holding": "an instance SIGKILLed while its clients hold its leases",
     "sigstop-holding": "an instance SIGSTOPped 8 s while its clients hold its leases",
+    "join-holding": "an instance joins a full fleet of two whose leases run on",
+}
+
+#: The cases of tests/faults/test_budgets.py (window and credit budgets), in table order.
+BUDGET_CASES: dict[str, str] = {
+    "budgets-flushall": "`FLUSHALL`",
+    "budgets-restart-empty": "Redis restarted without persistence",
+    "budgets-replica-promoted": "primary SIGKILLed, replica promoted",
+    "budgets-sigkill": "an instance SIGKILLed",
 }
 
 Doc = dict[str, Any]
@@ -41,11 +50,11 @@ def collect(results: Path = RESULTS, summary: Path = SUMMARY) -> bool:
     for path in sorted(results.glob("*.json")):
         doc = json.loads(path.read_text())
         doc.pop("timeline", None)
-        if doc.get("case") in CASES:
+        if doc.get("case") in CASES or doc.get("case") in BUDGET_CASES:
             cases[doc["case"]] = doc
     new = {
         "about": "figures of the fault tests (tests/faults), collected by `make docs`; do not edit",
-        "cases": {c: cases[c] for c in CASES if c in cases},
+        "cases": {c: cases[c] for c in [*CASES, *BUDGET_CASES] if c in cases},
     }
     if new == old:
         return False
@@ -68,6 +77,12 @@ def row(case: str, d: Doc) -> str:
         )
         if "rejoined_after_s" in d:
             ghost += f" (it re-joined {seconds(d['rejoined_after_s'])} after waking)"
+    if "excess_leases" in d:
+        ghost = (
+            f"none vanished; the joiner came after {seconds(d['joined_at_s'])}; {d['excess_leases']} leases "
+            f"above the new shares kept free; settled after {seconds(d['settled_after_s'])}, the whole "
+            f"limit held again after {seconds(d['full_again_after_s'])}"
+        )
     m = d["machine"]
     load = " / ".join(map(str, m["load_average"]))
     return (
@@ -94,7 +109,34 @@ def table(summary: Doc) -> list[str]:
         "30 more admitted after | the vanished instance | measured |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    return out + [row(c, cases[c]) for c in CASES if c in cases]
+    out += [row(c, cases[c]) for c in CASES if c in cases]
+    budgets = [c for c in BUDGET_CASES if c in cases]
+    if budgets:
+        d = cases[budgets[0]]
+        out += [
+            "",
+            f"The window and credit budgets through the same faults ({d['instances']} instances, "
+            f"{d['clients']} clients: `tokensPerMinute: {d['tokens_per_minute']}` with jobs of "
+            f"{d['job_tokens']} tokens, and one key of {d['credits']} credits, both spent "
+            "in the first second; counted on the clients' side):",
+            "",
+            "| fault | most tokens admitted in a minute / limit | credits allowed / budget | "
+            "answers | measured |",
+            "| --- | --- | --- | --- | --- |",
+            *[budget_row(c, cases[c]) for c in budgets],
+        ]
+    return out
+
+
+def budget_row(case: str, d: Doc) -> str:
+    answers = ", ".join(f"{k}: {n}" for k, n in d["answers"].items())
+    load = " / ".join(map(str, d["machine"]["load_average"]))
+    minutes = f"{d['minutes']} minute{'s' if d['minutes'] != 1 else ''}"
+    return (
+        f"| {BUDGET_CASES[case]} | **{d['max_tokens_in_a_minute']}** / {d['tokens_per_minute']} ({minutes}) "
+        f"| **{d['credits_allowed']}** / {d['credits']} | {answers} "
+        f"| {d['measured_at']}, load {load} |"
+    )
 
 
 def marker(end: bool = False) -> str:

@@ -43,9 +43,13 @@ def test_the_fault_table_is_current() -> None:
 
 def test_every_fault_case_has_committed_figures_within_the_limit() -> None:
     cases = json.loads(report.SUMMARY.read_text())["cases"]
-    assert list(cases) == list(report.CASES), "run `pytest tests/faults`, then `make docs`"
-    for case, doc in cases.items():
-        assert doc["max_fleet_in_flight"] <= doc["limit"], case
+    assert list(cases) == [*report.CASES, *report.BUDGET_CASES], "run `pytest tests/faults`, then `make docs`"
+    for case in report.CASES:
+        assert cases[case]["max_fleet_in_flight"] <= cases[case]["limit"], case
+    for case in report.BUDGET_CASES:
+        doc = cases[case]
+        assert doc["max_tokens_in_a_minute"] <= doc["tokens_per_minute"], case
+        assert doc["credits_allowed"] <= doc["credits"], case
 
 
 def test_collect_keeps_the_newest_run_of_each_case_and_drops_timelines(tmp_path: Path) -> None:
