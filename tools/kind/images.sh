@@ -41,6 +41,7 @@ debian() {
   if [[ ! -s $ROOTFS_TAR ]]; then
     command -v debootstrap >/dev/null || apt-get install -y -q --no-install-recommends debootstrap >/dev/null \
       || die "debootstrap is missing (apt-get install debootstrap)"
+    mkdir -p "$CACHE_ROOT/images"  # a fresh machine has no cache yet
     local root mirror; root=$(mktemp -d "$CACHE_ROOT/images/rootfs.XXXXXX"); mirror=$(debian_mirror)
     say "images: debootstrap bookworm (minbase) from $mirror"
     debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" \
