@@ -12,7 +12,7 @@
 -- windows are UTC minutes and 86400 s windows UTC days. A hash whose window is older is empty.
 -- If any key has less than `need` left in its current window, nothing is taken anywhere. Otherwise
 -- each key grants min(want, left), adds it to `used` and expires two windows later.
--- Returns: {1 granted / 0 refused, Redis time (ms), then per key i: window id, granted,
+-- Returns: {1 granted / 0 refused / 2 fenced, Redis time (ms), then per key i: window id, granted,
 --          left after this draw, ms until the window ends}
 local sec, now = redis_clock()
 local n = #KEYS - 3
