@@ -311,6 +311,15 @@ def check_invariants(m: JobTypeManager) -> None:
             assert busy["f1"] + busy["f2"] == slots["f1"] + slots["f2"]
 
 
+def groups(m: JobTypeManager) -> dict[str, tuple[int, int]]:
+    """Leases in flight and slots: of the fixed type, and of the flexible pool (f1 and f2)."""
+    flex = ("f1", "f2")
+    return {
+        "fixed": (m.in_flight[("fixed", "m")], m.slots.get(("fixed", "m"), 0)),
+        "flexible": (sum(m.in_flight[(j, "m")] for j in flex), sum(m.slots.get((j, "m"), 0) for j in flex)),
+    }
+
+
 @settings(max_examples=300, deadline=None)
 @given(ops, st.integers(4, 30))
 def test_borrowing_invariants(operations: list[tuple[str, str, int]], capacity: int) -> None:
@@ -318,6 +327,7 @@ def test_borrowing_invariants(operations: list[tuple[str, str, int]], capacity: 
     m = JobTypeManager(spec, compute_allocation(spec, 1), FakeClock())
     live: list[Ticket] = []
     resized = False
+    drained: set[str] = set()  # the groups back within their slots since the last resize
     for op, job, k in operations:
         if op == "submit":
             with contextlib.suppress(QueueFull):
@@ -327,11 +337,18 @@ def test_borrowing_invariants(operations: list[tuple[str, str, int]], capacity: 
             m.release(t) if t.state == "granted" else m.cancel(t)
         elif op == "resize":
             before = {t.id for t in live if t.state == "granted"}
-            resized = True
+            resized, drained = True, set()
             m.set_allocation(compute_allocation(spec, k))
             assert before <= {t.id for t in live if t.state == "granted"}  # shrinking cancels nothing
         if not resized:  # after a shrink, in-flight may exceed the new slots until work ends
             check_invariants(m)
+        # Once a group (the fixed type; the flexible pool) has drained to its new slots, it never
+        # goes above them again: new work waits until the group is under its new share.
+        for group, (busy, slots) in groups(m).items():
+            if group in drained:
+                assert busy <= slots, f"{group}: {busy} in flight after draining to {slots}"
+            elif busy <= slots:
+                drained.add(group)
     # Every lent slot returns to its owner once borrowed work ends.
     for t in live:
         m.release(t) if t.state == "granted" else m.cancel(t)
