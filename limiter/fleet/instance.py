@@ -108,6 +108,8 @@ class LimiterInstance:
         self.last_contact = time.monotonic()
         """Monotonic time of the last register or heartbeat Redis answered."""
         self.epoch = -1
+        self.epoch_applied_at: float | None = None
+        """When (Unix time) this instance applied the allocation record of :attr:`epoch`."""
         self.record_time_ms = -1
         self.registered = False
         self.draining = False
@@ -340,6 +342,7 @@ class LimiterInstance:
         self.record_count = max(1, record.instance_count)
         self.record_held = record.held
         self._apply_count(record.reason, record.excess)
+        self.epoch_applied_at = time.time()
 
     def _settle_seconds(self) -> float:
         """How long membership takes to settle: every live instance has heartbeated (and so
@@ -708,6 +711,7 @@ class LimiterInstance:
             "jobTypes": self.manager.snapshot(),
             "generation": self.generation,
             "epoch": self.epoch,
+            "epochAppliedAt": None if self.epoch_applied_at is None else round(self.epoch_applied_at, 4),
             "memoryBudgetKB": alloc.memory_budget_kb,
             "budgets": self.grants.ledger.snapshot(self.clock.now()) if self.grants else {},
             "mode": self.spec.mode,

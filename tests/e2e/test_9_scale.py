@@ -137,8 +137,10 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
             timeout=30,
         )
         full_leave_s = watch.latency(leave, others)
+        full_leave_polled_s = watch.latency(leave, others, polled=True)
         watch.wait_agreed(n, plan_n, timeout=120)
-        _, full_join_s, joined_measured = watch.change(mark, "join", n)
+        join, full_join_s, joined_measured = watch.change(mark, "join", n)
+        full_join_polled_s = watch.latency(join, joined_measured, polled=True)
 
         record.step(f"replicas {n} -> 1")
         mark, scaled_down = watch.mark(), time.time()
@@ -162,6 +164,8 @@ def test_a_fleet_of_fifty_pods(e2e: E2E, policies: FleetPolicies, record: Scenar
     record.figure("full_fleet_leave_to_agreed_s", round(full_leave_s, 3))
     record.figure("full_fleet_join_to_agreed_s", round(full_join_s, 3))
     record.figure("full_fleet_join_pods_measured", len(joined_measured))
+    record.figure("full_fleet_leave_polled_s", round(full_leave_polled_s, 3))
+    record.figure("full_fleet_join_polled_s", round(full_join_polled_s, 3))
     record.figure("resolution_s", watch.interval)
     record.figure("heartbeat_age_max_s", round(max(ages), 3))
     record.figure("scale_down_to_one_agreed_s", round(back - scaled_down, 2))

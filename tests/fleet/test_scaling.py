@@ -95,7 +95,14 @@ def test_graceful_leave_convergence_is_measured_under_a_second(fleet: Fleet) -> 
     fleet.write_policy("converge", SCALE)
     instances = fleet.start(3)
     converged(instances, 3, timeout=1.0)
-    start = time.monotonic()
+    start, sent = time.monotonic(), time.time()
     instances[2].process.send_signal(signal.SIGTERM)
     converged(instances[:2], 5, timeout=1.0)
     assert time.monotonic() - start < 1.0
+    # Each survivor says when it applied the leave's record (what the e2e suite times changes by).
+    epochs = set()
+    for i in instances[:2]:
+        doc = i.allocation()
+        assert sent <= doc["epochAppliedAt"] <= time.time(), doc["epochAppliedAt"]
+        epochs.add(doc["epoch"])
+    assert len(epochs) == 1
