@@ -1,7 +1,8 @@
 """Scenario 3: pods deleted with kubectl. A graceful delete: the pod leaves the fleet on SIGTERM and
-the others take its share within 1 s; its replacement then joins and shares again. A forced delete
-(``--grace-period=0 --force``, the process is killed): the others evict it within
-instanceTimeoutSeconds + heartbeatSeconds, by Redis's clock.
+the others take its share within 1 s; its replacement joins and shares again (a kubelet may start the
+replacement before the old pod's SIGTERM: then the join comes first, and each change is timed the
+same). A forced delete (``--grace-period=0 --force``, the process is killed): the others evict it
+within instanceTimeoutSeconds + heartbeatSeconds, by Redis's clock.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def test_deleted_pods_leave_and_their_replacements_join(
         policies.kubectl("delete", "pod", victim.name, "--wait=false")
         leaves = watch.wait("the leave", lambda: [r for r in watch.records(mark) if "leave" in r.reason], 30)
         leave = leaves[0]
+        # A kubelet may start the Deployment's replacement, and the replacement join, before the old
+        # pod's SIGTERM arrives (seen on kind): then the fleet goes 3 -> 4 -> 3, not 3 -> 2 -> 3. Either
+        # order is right; each change must reach the pods within the target.
+        joined_first = leave.count == 3
+        assert leave.count in (2, 3), leave
         survivors = [p.name for p in pods[1:]]
         watch.wait(
             "the survivors to report the leave",
@@ -46,13 +52,14 @@ def test_deleted_pods_leave_and_their_replacements_join(
             timeout=10,
         )
         leave_s = watch.latency(leave, survivors)
-        took_share = {p: watch.reported(p, leave.epoch, 2) for p in survivors}
+        took_share = {p: watch.reported(p, leave.epoch, leave.count) for p in survivors}
         record.event(
             "transition", change="leave", epoch=leave.epoch, redis_change_to_agreed_s=round(leave_s, 4)
         )
         # The Deployment's replacement joins and the three share again.
         after = watch.wait_agreed(3, planned(s, 3), timeout=90)
-        join, join_s, _ = watch.change(mark, "join", 3)
+        join, join_s, _ = watch.change(mark, "join", 4 if joined_first else 3)
+        record.figure("graceful_order", "join, then leave" if joined_first else "leave, then join")
         record.event("transition", change="join", epoch=join.epoch, redis_change_to_agreed_s=round(join_s, 4))
         replaced_s = time.time() - deleted
 
@@ -93,7 +100,7 @@ def test_deleted_pods_leave_and_their_replacements_join(
         headline=f"graceful leave {leave_s * 1000:.0f} ms, forced detected in {detected_s:.1f} s "
         f"(bound {bound} s)",
     )  # fmt: skip
-    assert all(took_share.values()), f"survivors never held the 2-pod share: {took_share}"
+    assert all(took_share.values()), f"survivors never held the {leave.count}-pod share: {took_share}"
     assert leave_s < TARGET_S and join_s < TARGET_S
     assert evict.changed_at - killed <= bound + NODE_REACTION_S
     assert detected_s <= bound + NODE_REACTION_S
