@@ -20,7 +20,9 @@ local record_key, fence_key = KEYS[n + 2], KEYS[n + 3]
 local since, fence_ms = tonumber(ARGV[4 * n + 1]), tonumber(ARGV[4 * n + 2])
 if since ~= 0 then
   local record = redis.call('GET', record_key)
-  if not record or tonumber(cjson.decode(record).since) ~= since then
+  -- The record is ours (_allocation.lua writes ',"since":<int>'): read that field alone, never
+  -- decode the whole record (its held sums grow with the fleet) on every draw.
+  if not record or tonumber(string.match(record, ',"since":(%d+)')) ~= since then
     redis.call('SET', fence_key, '1', 'PX', int(fence_ms), 'NX')
   end
 end
