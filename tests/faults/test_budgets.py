@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 
 from tests.faults.load import RESULTS, machine
-from tests.faults.test_failover import Forwarder, pair  # noqa: F401 (the fixture)
 from tests.support.fleet import Fleet, Instance
+from tests.support.forwarder import Forwarder
 from tests.support.http import http
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
@@ -174,7 +174,7 @@ def test_budgets_are_never_overspent_through_a_fault(
 @pytest.mark.timeout(120)
 def test_budgets_are_never_overspent_through_a_failover(
     tmp_path: Path,
-    pair: tuple[RedisServer, RedisServer],  # noqa: F811
+    pair: tuple[RedisServer, RedisServer],
 ) -> None:
     primary, replica = pair
     forwarder = Forwarder(primary.port)

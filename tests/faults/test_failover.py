@@ -10,90 +10,20 @@ at it, dropping every open connection as a Service's endpoints change would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults.load import LIMIT, POLICY, Load, record
 from tests.support.fleet import Fleet, Instance
-from tests.support.redis_server import RedisServer, free_port, new_server
+from tests.support.forwarder import Forwarder
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
-
-
-class Forwarder:
-    """Forwards 127.0.0.1:<port> to a Redis server; :meth:`point` switches it and drops connections."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = free_port()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def point(self, target: int) -> None:
-        self.target = target
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        self.point(self.target)
 
 
 def whole(instances: list[Instance]) -> bool:
     return all(i.allocation()["allocation"]["instanceCount"] == 3 for i in instances)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
-    with new_server() as primary, new_server() as replica:
-        replica.command("REPLICAOF", "127.0.0.1", str(primary.port))
-        wait_until(lambda: b"master_link_status:up" in replica.command("INFO", "replication"), timeout=10)
-        yield primary, replica
 
 
 @pytest.mark.timeout(120)
