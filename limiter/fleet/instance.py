@@ -47,7 +47,7 @@ from limiter.core.stats import REDIS_BUCKETS, AcquireStats, Histogram
 from limiter.fleet.grants import GrantKeeper
 from limiter.fleet.memory import default_budget_kb
 from limiter.fleet.settings import ServeSettings
-from limiter.redis.fleetstore import Pull, RedisStore
+from limiter.redis.fleetstore import AllocationSubscription, Pull, RedisStore
 from limiter.redis.plumbing import StoreUnavailable
 
 log = logging.getLogger("fleet_limiter.instance")
@@ -107,6 +107,7 @@ class LimiterInstance:
         self.count_floor = 0
         self.last_contact = time.monotonic()
         """Monotonic time of the last register or heartbeat Redis answered."""
+        self._subscription: AllocationSubscription | None = None
         self.epoch = -1
         self.epoch_applied_at: float | None = None
         """When (Unix time) this instance applied the allocation record of :attr:`epoch`."""
@@ -237,12 +238,10 @@ class LimiterInstance:
                 self.manager.release(t, expired=True)
         if self.grants is not None:
             await self.grants.stop()
+        if self._subscription is not None:
+            self._subscription.close_soon()  # its read ends within one poll, cancelled or not
         tasks = [*self._tasks, *self._background, *([self._reporting] if self._reporting else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
 
     async def _leave(self, reported: LeaseReport | None) -> LeaseReport | None:
         """Deregister (again) with what the clients still hold, when that changed since ``reported``;
@@ -520,6 +519,12 @@ class LimiterInstance:
         while not self._stopped:
             try:
                 async with self.store.subscribe() as sub:
+                    self._subscription = sub
+                    # What was published between this instance's registration and the subscription
+                    # (a burst of joins) was missed: the stored record is the newest of it.
+                    stored = await self.store.allocation()
+                    if stored is not None:
+                        self._apply_record(stored)
                     async for item in sub:
                         if isinstance(item, Pull):
                             if self.grants is not None and self.registered:
@@ -758,3 +763,25 @@ def _not_ready(why: str) -> NotReady:
 def _granted(ticket: Ticket) -> bool:
     """Whether a ticket holds a lease (its state changes behind an await)."""
     return ticket.state == "granted"
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]], *, rounds: int = 20, every: float = 0.25) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again the ones still running every
+    ``every`` seconds: a cancellation that lands as a read's own timeout expires can be swallowed
+    (Python 3.11's ``asyncio.timeout`` turns it into a TimeoutError, and redis-py's read then
+    returns None, seen at 100 instances in one process), and a task that ignored it must not keep
+    a shutdown waiting for ever. After ``rounds`` tries the rest is left running, logged."""
+    pending = {t for t in tasks if not t.done()}
+    for t in pending:
+        t.cancel()
+    for _ in range(rounds):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=every)
+        for t in pending:
+            t.cancel()
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.debug("task %s ended with %r", t.get_name(), t.exception())
+    if pending:
+        log.error("tasks still running after shutdown: %s", ", ".join(t.get_name() for t in pending))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -52,6 +53,9 @@ from limiter.redis.plumbing import (
 )
 
 T = TypeVar("T")
+#: The most messages one read of the subscription takes from what Redis already sent (a bound, so a
+#: flood of pulls cannot keep one read going).
+COALESCE_MAX = 10_000
 
 #: Script name -> (file, the library files prepended to it).
 _COMMON, _ALLOCATION = ("_common",), ("_common", "_allocation")
@@ -426,6 +430,9 @@ class AllocationSubscription:
         self._closed = False
         self.reconnects = 0
         """How many times the subscription was re-established (for metrics)."""
+        self.coalesced = 0
+        """Allocation records skipped because a newer one had already arrived behind them."""
+        self._pulls: deque[Pull] = deque()
 
     async def _connect(self) -> None:
         pubsub = self._store.client.pubsub()
@@ -460,10 +467,37 @@ class AllocationSubscription:
     ) -> None:
         await self.aclose()
 
+    def close_soon(self) -> None:
+        """Make iteration stop at its next poll (within ``poll_seconds``), without touching the
+        connection a read may be using; :meth:`aclose` then releases it."""
+        self._closed = True
+
     async def aclose(self) -> None:
         """Unsubscribe and release the connection; iteration then stops."""
         self._closed = True
         await self._drop()
+
+    async def _coalesce(self, msg: dict[str, Any]) -> bytes | str | None:
+        """The newest allocation record among ``msg`` and the messages already received behind it
+        (None: only pulls), the pulls queued in order. A burst of membership changes (a cold start
+        of the fleet) publishes a record per change and every instance receives them all: only the
+        newest matters, since the channel delivers in publish order, so the others are never
+        decoded nor applied (:attr:`coalesced` counts them)."""
+        newest: bytes | str | None = None
+        assert self._pubsub is not None
+        for _ in range(COALESCE_MAX):
+            if msg["type"] == "message":
+                if _text(msg["channel"]) == self._store.keys.pull_channel:
+                    self._pulls.append(Pull(_text(msg["data"])))
+                else:
+                    if newest is not None:
+                        self.coalesced += 1
+                    newest = msg["data"]
+            following = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            if following is None:
+                break
+            msg = following
+        return newest
 
     def __aiter__(self) -> AllocationSubscription:
         return self
@@ -479,11 +513,15 @@ class AllocationSubscription:
                     if record is not None:
                         return record
                     continue
+                if self._pulls:
+                    return self._pulls.popleft()
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll)
                 if msg is not None and msg["type"] == "message":
-                    if _text(msg["channel"]) == self._store.keys.pull_channel:
-                        return Pull(_text(msg["data"]))
-                    return AllocationRecord.from_json(msg["data"])
+                    newest = await self._coalesce(msg)
+                    if newest is not None:
+                        return AllocationRecord.from_json(newest)
+                    if self._pulls:
+                        return self._pulls.popleft()
             except _RESUBSCRIBE:
                 await self._drop()
                 await asyncio.sleep(backoff)
