@@ -338,6 +338,16 @@ def readme(docs: dict[str, Doc]) -> list[str]:
             f"take {us(first['other_type']['p50_us'])} us p50 in process with no job waiting and "
             f"{us(last['other_type']['p50_us'])} us with {count(last['waiting'])} waiting."
         )
+    if "fleet_scale" in docs:
+        d = docs["fleet_scale"]
+        big = d["sizes"][-1]
+        out.append(
+            f"* **Fleet scale** ({where('fleet_scale', d, link)}): {count(big['instances'])} instances on "
+            f"one Redis (all in one process) agree {big['cold_start_s']:.1f} s after a cold start; at that "
+            f"size a join reaches all in {ms(big['join_s'] * 1000)} ms, a graceful leave in "
+            f"{ms(big['graceful_leave_s'] * 1000)} ms; idle, "
+            f"{big['idle_redis_commands_per_s_per_instance']:.2g} Redis commands per second per instance."
+        )
     if "credits" in docs:
         c = docs["credits"]
         http1 = c["http"][0]
@@ -374,6 +384,30 @@ def admission(docs: dict[str, Doc], link: str) -> list[str]:
     return out[1:]
 
 
+def fleet_scale(docs: dict[str, Doc], link: str) -> list[str]:
+    """N instances on one Redis: the latest run, and the run of the code before, if kept."""
+    out = []
+    for name in sorted(n for n in docs if n.startswith("fleet_scale")):
+        d = docs[name]
+        out += [
+            "",
+            f"{d.get('code', name)}: from {where(name, d, link)}.",
+            "",
+            "| instances | cold start: all agree (s) | one join reaches all (ms) | one graceful leave (ms) "
+            "| idle Redis commands/s (per instance) | idle Redis CPU | idle CPU of the process "
+            "| Redis memory per instance |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in d["sizes"]:
+            out.append(
+                f"| {count(r['instances'])} | {r['cold_start_s']:.2f} | {ms(r['join_s'] * 1000)} "
+                f"| {ms(r['graceful_leave_s'] * 1000)} | {count(r['idle_redis_commands_per_s'])} "
+                f"({r['idle_redis_commands_per_s_per_instance']:.2f}) | {r['idle_redis_cpu']:.1%} "
+                f"| {r['idle_process_cpu']:.0%} | {r['redis_memory_per_instance_bytes'] / 1024:.1f} KiB |"
+            )
+    return out[1:]
+
+
 # -- the documents -------------------------------------------------------------------------------------
 
 
@@ -386,6 +420,8 @@ def sections(docs: dict[str, Doc]) -> dict[str, dict[str, list[str]]]:
         bench["peers"] = peers(docs["peers"], "results/")
     if "admission" in docs:
         bench["admission"] = admission(docs, "results/")
+    if "fleet_scale" in docs:
+        bench["fleet_scale"] = fleet_scale(docs, "results/")
     return {"README.md": {"benchmarks": readme(docs)}, "bench/README.md": bench}
 
 

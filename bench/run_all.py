@@ -8,6 +8,7 @@
 3. bench/proxy_overhead.py: the LLM proxy's added latency against calling the stand-in directly;
 4. bench/credits.py: consume latency and throughput, Redis round trips per consume;
    bench/admission.py: the job-type manager's cost against the depth of its queues;
+   bench/fleet_scale.py: 10 to 1,000 instances on one Redis (cold start, join, leave, idle load);
 5. bench/peers/compare.py: fleet-limiter side by side with envoyproxy/ratelimit, the LiteLLM proxy
    and the limits library.
 
@@ -67,6 +68,9 @@ def main() -> int:
     results["credits"] = step("credit budgets", [*py, str(BENCH / "credits.py"), *common], started)
     results["admission"] = step(
         "admission against queue depth", [*py, str(BENCH / "admission.py"), *common], started
+    )
+    results["fleet scale"] = step(
+        "N instances on one Redis", [*py, str(BENCH / "fleet_scale.py"), *common], started
     )
     results["peers"] = step(
         "peers side by side", [*py, str(BENCH / "peers" / "compare.py"), *common, "--peers", peers], started

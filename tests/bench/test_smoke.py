@@ -82,3 +82,12 @@ def test_admission_benchmark(results: Path) -> None:
     doc = load(results, "admission-smoke")
     assert [r["waiting"] for r in doc["levels"]] == [0, 100, 1000, 10000]
     assert all(r["other_type"]["n"] == r["churn"]["n"] == r["rounds"] > 0 for r in doc["levels"])
+
+
+@pytest.mark.timeout(440)
+def test_fleet_scale_benchmark(results: Path) -> None:
+    doc = load(results, "fleet_scale-smoke")
+    assert [r["instances"] for r in doc["sizes"]] == [5, 20]
+    for r in doc["sizes"]:
+        assert r["cold_start_s"] >= r["cold_start_registered_s"] > 0
+        assert r["join_s"] >= 0 and r["graceful_leave_s"] >= 0 and r["idle_redis_commands_per_s"] > 0
