@@ -162,6 +162,7 @@ def test_the_container_scenarios_are_selected_only_by_their_setting() -> None:
     selected = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=kind, timeout=120)
     names = [line for line in selected.stdout.splitlines() if "::" in line]
     assert {n.split("::")[0] for n in names} == {
-        "tests/e2e/test_c1_node_loss.py", "tests/e2e/test_c2_memory.py", "tests/e2e/test_c3_redis_pod.py",
+        "tests/e2e/test_0_chart_defaults.py", "tests/e2e/test_c1_node_loss.py", "tests/e2e/test_c2_memory.py",
+        "tests/e2e/test_c3_redis_pod.py",
     }, selected.stdout[-500:]  # fmt: skip
-    assert len(names) == 4
+    assert len(names) == 5
