@@ -179,7 +179,7 @@ def policy_namespace(env: E2E, base: str) -> Iterator[FleetPolicies]:
             wait_for(
                 f"the policies of {name} to go",
                 lambda: not env.cluster.kubectl("get", "rlp", "-n", name, "-o", "name", check=False),
-                timeout=90,
+                timeout=180,  # after c1, an operator rescheduled off a lost node must start first
                 interval=0.5,
             )
         finally:

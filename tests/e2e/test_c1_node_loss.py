@@ -122,6 +122,15 @@ def test_a_lost_worker_node_is_evicted_and_replaced(
             record.step(f"node {victim} NotReady; kubectl delete pod --force {' '.join(lost)}")
             replaced_from = time.time()
             policies.kubectl("delete", "pod", *lost, "--grace-period=0", "--force", check=False)
+            # The eviction takes every pod of the node: the operator's too, when it ran there (its
+            # finalizer must run when the test's policies are deleted afterwards).
+            for op in e2e.operator_pods():
+                if op["spec"].get("nodeName") == victim:
+                    e2e.cluster.kubectl(
+                        "delete", "pod", op["metadata"]["name"], "-n", e2e.namespace,
+                        "--grace-period=0", "--force", check=False,
+                    )  # fmt: skip
+                    record.event("operator.evicted", pod=op["metadata"]["name"])
             final = watch.wait_agreed(4, planned(s, 4), timeout=180)
             replaced_s = time.time() - replaced_from
             time.sleep(2)
