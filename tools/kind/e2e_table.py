@@ -56,10 +56,12 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", *totals])
 
 
+PATTERN = re.compile(re.escape(BEGIN) + "\n(.*?)\n" + re.escape(END), re.S)
+
+
 def section(text: str) -> str:
     """The table between the markers of ``text``."""
-    pattern = re.compile(re.escape(BEGIN) + "\n(.*?)\n" + re.escape(END), re.S)
-    found = pattern.search(text)
+    found = PATTERN.search(text)
     if found is None:
         raise SystemExit(f"no {BEGIN} ... {END} markers")
     return found.group(1)
@@ -83,8 +85,7 @@ def main() -> None:
         return
     doc = args.update.read_text()
     section(doc)  # the markers are there
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    args.update.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
+    args.update.write_text(PATTERN.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc))
 
 
 if __name__ == "__main__":
